@@ -1,0 +1,88 @@
+"""The ``visiontransfer`` command: LightningCLI (fit, validate, test, predict) plus our own
+subcommands (quickstart).
+
+Model and data are chosen by ``class_path`` in the YAML files of ``configs/``: LightningCLI's
+``class_path`` is the registry, there is no other.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch.cli import LightningCLI
+
+import visiontransfer  # noqa: F401 - sets NO_ALBUMENTATIONS_UPDATE before albumentations loads
+from visiontransfer.callbacks import RunSummary
+
+TRAINER_DEFAULTS: dict[str, Any] = {
+    "logger": {
+        "class_path": "lightning.pytorch.loggers.CSVLogger",
+        "init_args": {"save_dir": "runs", "name": "default"},
+    },
+    "callbacks": [RunSummary()],
+}
+"""Defaults of every run: CSV logs under ``runs/`` and a closing summary of where things went."""
+
+
+class VisionTransferCLI(LightningCLI):
+    """LightningCLI with any LightningModule / LightningDataModule chosen by ``class_path``."""
+
+    def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
+        super().__init__(
+            model_class=LightningModule,
+            datamodule_class=LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            trainer_defaults=TRAINER_DEFAULTS,
+            save_config_kwargs={"overwrite": True},
+            auto_configure_optimizers=False,
+            parser_kwargs={"parser_mode": "omegaconf"},
+            args=args,
+            run=run,
+        )
+
+
+def config_dir() -> Path:
+    """The ``configs/`` folder: inside the installed package, or beside it in a source checkout."""
+    packaged = Path(__file__).parent / "configs"
+    return packaged if packaged.is_dir() else Path(__file__).parent.parent / "configs"
+
+
+QUICKSTART_CONFIG = "pretrain/rotation_quickstart.yaml"
+
+
+def quickstart(args: list[str]) -> None:
+    """Pretrain RotNet briefly on the embedded default set and say where everything went."""
+    config = config_dir() / QUICKSTART_CONFIG
+    print(
+        "visiontransfer quickstart: rotation pretraining on the embedded procedural image set\n"
+        f"(same as: visiontransfer fit --config {config})",
+        flush=True,
+    )
+    VisionTransferCLI(args=["fit", "--config", str(config), *args])
+
+
+COMMANDS = {"quickstart": quickstart}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``visiontransfer`` console script."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    sys.argv = sys.argv[:1]  # LightningCLI gets its arguments from `args` alone
+    if args and args[0] in COMMANDS:
+        COMMANDS[args[0]](args[1:])
+        return
+    if args and args[0] in ("-h", "--help"):
+        print(
+            "visiontransfer subcommands: fit, validate, test, predict (LightningCLI), "
+            + ", ".join(COMMANDS)
+            + "\n"
+        )
+    VisionTransferCLI(args=args)
+
+
+if __name__ == "__main__":
+    main()

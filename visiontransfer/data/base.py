@@ -1,0 +1,165 @@
+"""Shared plumbing of the image datamodules: loaders, worker seeding, skipped files, probing.
+
+The datamodules read a folder (``--data.root``), a manifest (``--data.manifest``) or, with neither, the
+embedded procedural set, so every command runs without data to fetch.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, get_worker_info
+
+from visiontransfer.data.datasets import (
+    ImageFileDataset,
+    SkipLog,
+    SyntheticDataset,
+    collate_samples,
+)
+from visiontransfer.data.decode import DEFAULT_MAX_PIXELS, UnreadableImageError, load_rgb
+from visiontransfer.data.index import PathTable
+from visiontransfer.data.synthetic import SHAPES
+from visiontransfer.data.transforms import Augment, eval_transform, seed_transform, train_transform
+
+PROBE_FILES = 64
+"""Files decoded at set-up to catch a folder with no readable image before training starts."""
+
+
+def _seed_worker(worker_id: int) -> None:
+    """Give each DataLoader worker its own augmentation stream, reproducible under a seed."""
+    info = get_worker_info()
+    if info is None:
+        return
+    seed = info.seed % 2**32
+    np.random.seed(seed)
+    transform = getattr(info.dataset, "transform", None)
+    if transform is not None:
+        seed_transform(transform, seed)
+
+
+def probe_readable(paths: PathTable, where: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    """Decode up to :data:`PROBE_FILES` files spread over ``paths``; fail if none decodes.
+
+    Raises:
+        ValueError: naming ``where`` and the reasons, when no probed file is a readable image.
+    """
+    if len(paths) == 0:
+        raise ValueError(f"no image files found in {where}")
+    picks = np.unique(np.linspace(0, len(paths) - 1, min(PROBE_FILES, len(paths))).astype(int))
+    reasons = []
+    for i in picks:
+        try:
+            load_rgb(paths[int(i)], max_pixels)
+            return
+        except UnreadableImageError as error:
+            reasons.append(f"{error.path}: {error.reason}")
+    scope = "any" if len(picks) == len(paths) else f"any of {len(picks)} sampled"
+    raise ValueError(
+        f"no readable image in {where}: {scope} files failed to decode, e.g.\n  " + "\n  ".join(reasons[:3])
+    )
+
+
+class _ImageDataModule(L.LightningDataModule):
+    """Loader plumbing shared by the datamodules: workers, seeding, skipped-file bookkeeping."""
+
+    def __init__(
+        self,
+        image_size: int,
+        batch_size: int,
+        augment: Augment,
+        num_workers: int,
+        pin_memory: bool,
+        persistent_workers: bool,
+        seed: int,
+        max_pixels: int,
+        synthetic_size: int,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"--data.batch_size={batch_size} must be >= 1")
+        if synthetic_size < 16:
+            raise ValueError(f"--data.synthetic_size={synthetic_size} must be >= 16")
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.augment: Augment = augment
+        self.num_workers = min(8, os.cpu_count() or 1) if num_workers < 0 else num_workers
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers
+        self.seed = seed
+        self.max_pixels = max_pixels
+        self.synthetic_size = synthetic_size
+        self.skip_log = SkipLog()
+        self.datasets: dict[str, Dataset[Any]] = {}
+        # Train and eval pipelines are built once; workers reseed their own copies.
+        self._train_tf = train_transform(image_size, augment)
+        self._eval_tf = eval_transform(image_size)
+        seed_transform(self._train_tf, seed)
+
+    @property
+    def skipped_files(self) -> list[str]:
+        """Paths of the unreadable files skipped so far (reasons: ``skip_log.reasons``)."""
+        return self.skip_log.paths
+
+    def _loader(self, split: str, train: bool) -> DataLoader[Any]:
+        if split not in self.datasets:
+            raise RuntimeError(
+                f"no {split} set: {type(self).__name__}.setup() has not built one for this stage"
+            )
+        dataset = self.datasets[split]
+        workers = self.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=train,
+            drop_last=train and len(dataset) > self.batch_size,  # type: ignore[arg-type]
+            num_workers=workers,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            persistent_workers=self.persistent_workers and workers > 0,
+            collate_fn=collate_samples,
+            worker_init_fn=_seed_worker,
+        )
+
+    def train_dataloader(self) -> DataLoader[Any]:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader[Any]:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> DataLoader[Any]:
+        return self._loader("test", train=False)
+
+    def predict_dataloader(self) -> DataLoader[Any]:
+        return self._loader("predict", train=False)
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if isinstance(batch, dict) and "skipped" in batch:
+            skipped = batch.pop("skipped")
+            if skipped:
+                self.skip_log.add(skipped)
+        return batch
+
+    def teardown(self, stage: str) -> None:
+        if not self.skip_log.reasons:
+            return
+        total = sum(len(d) for d in self.datasets.values())  # type: ignore[arg-type]
+        self.skip_log.warn_once(total)
+        log_dir = getattr(getattr(self, "trainer", None), "log_dir", None)
+        if log_dir:
+            Path(log_dir).mkdir(parents=True, exist_ok=True)
+            lines = [f"{p}\t{self.skip_log.reasons[p]}" for p in self.skip_log.paths]
+            Path(log_dir, "skipped_files.txt").write_text("\n".join(lines) + "\n")
+
+    def _files(self, paths: PathTable, labels: np.ndarray | None, train: bool) -> ImageFileDataset:
+        transform = self._train_tf if train else self._eval_tf
+        return ImageFileDataset(paths, labels, transform, self.max_pixels)
+
+    def _synthetic(self, scenes: np.ndarray, train: bool) -> SyntheticDataset:
+        """Scenes of the embedded set, rendered at least 32 px and cropped to ``image_size``."""
+        transform = self._train_tf if train else self._eval_tf
+        render = max(self.image_size, 32)
+        return SyntheticDataset(scenes, transform, render, len(SHAPES), self.seed)

@@ -1,0 +1,217 @@
+"""Labeled images for classification: class-per-folder trees, CSV manifests or the embedded set.
+
+``root`` may hold the classes directly (``root/<class>/<image>``) or split folders
+(``root/train/<class>/...`` with optional ``root/val`` and ``root/test``), as CIFAR-style exports
+do. Without a validation set, a stratified ``val_fraction`` of the training images is held out
+first, then the small labeled subset (``samples_per_class`` or ``label_fraction``) is drawn from
+the rest, so every label budget is validated on the same images.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from visiontransfer.data.base import _ImageDataModule, probe_readable
+from visiontransfer.data.decode import DEFAULT_MAX_PIXELS
+from visiontransfer.data.index import PathTable, read_manifest, scan_class_folders
+from visiontransfer.data.subsets import stratified_split, stratified_subset
+from visiontransfer.data.synthetic import SHAPES
+from visiontransfer.data.transforms import Augment
+
+SPLIT_DIRS = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
+"""Sub-folder names recognised when ``root`` holds split folders rather than class folders."""
+
+
+@dataclass(frozen=True)
+class LabeledFiles:
+    """Paths with class indices."""
+
+    paths: PathTable
+    labels: np.ndarray
+
+    def take(self, positions: np.ndarray) -> LabeledFiles:
+        rel = self.paths.relative
+        table = PathTable(self.paths.root, (rel(int(i)) for i in positions))
+        return LabeledFiles(table, self.labels[positions])
+
+
+def _natural_sorted(names: set[str]) -> list[str]:
+    """Class names sorted numerically when they are all integers, else alphabetically."""
+    if all(n.lstrip("-").isdigit() for n in names):
+        return sorted(names, key=int)
+    return sorted(names)
+
+
+def _find_split(root: str, split: str) -> str | None:
+    for name in SPLIT_DIRS[split]:
+        candidate = os.path.join(root, name)
+        if os.path.isdir(candidate):
+            return candidate
+    return None
+
+
+class ClassificationDataModule(_ImageDataModule):
+    """Labeled images for downstream classification, with small-label subsets.
+
+    With no ``root`` and no ``manifest`` it serves the embedded procedural set (10 shape classes).
+
+    Args:
+        root: Class-per-folder tree, or a folder holding ``train/`` (and optionally ``val/``,
+            ``test/``) class-per-folder trees.
+        manifest: Instead of ``root``: a CSV file with ``path`` and ``label`` columns.
+        val_root: Validation set (a class-per-folder tree or a CSV manifest); default: ``root/val``
+            if present, else a stratified ``val_fraction`` of the training images.
+        test_root: Test set (folder or CSV manifest); default: ``root/test`` if present.
+        samples_per_class: Keep at most this many training labels per class.
+        label_fraction: Keep this share of the training labels of each class, in (0, 1].
+        val_fraction: Share of each class held out for validation when no validation set exists.
+        image_size: Side of the square crops fed to the model, in pixels.
+        batch_size: Images per batch per process.
+        augment: Training augmentation preset (``crop_flip``, ``flip`` or ``none``).
+        num_workers: DataLoader worker processes; -1 means one per CPU core, at most 8.
+        pin_memory: Pin host memory for faster copies to the GPU (ignored without CUDA).
+        persistent_workers: Keep workers alive between epochs.
+        seed: Seed of the validation split, of the labeled subset and of the embedded set.
+        max_pixels: Largest image (width × height) decoded; larger headers are skipped.
+        synthetic_size: Number of training images of the embedded set (when no data is given).
+    """
+
+    def __init__(
+        self,
+        root: str | None = None,
+        manifest: str | None = None,
+        val_root: str | None = None,
+        test_root: str | None = None,
+        samples_per_class: int | None = None,
+        label_fraction: float | None = None,
+        val_fraction: float = 0.1,
+        image_size: int = 32,
+        batch_size: int = 128,
+        augment: Augment = "crop_flip",
+        num_workers: int = -1,
+        pin_memory: bool = True,
+        persistent_workers: bool = True,
+        seed: int = 0,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        synthetic_size: int = 2048,
+    ) -> None:
+        super().__init__(
+            image_size, batch_size, augment, num_workers, pin_memory, persistent_workers,
+            seed, max_pixels, synthetic_size,
+        )  # fmt: skip
+        if root is not None and manifest is not None:
+            raise ValueError("give --data.root or --data.manifest, not both")
+        # Fail on a bad budget now, not after indexing.
+        stratified_subset(np.zeros(1, np.int64), samples_per_class, label_fraction)
+        self.root = root
+        self.manifest = manifest
+        self.val_root = val_root
+        self.test_root = test_root
+        self.samples_per_class = samples_per_class
+        self.label_fraction = label_fraction
+        self.val_fraction = val_fraction
+        self._classes: list[str] | None = None
+        self.save_hyperparameters()
+
+    # -- where the splits come from -------------------------------------------------------------
+    def _sources(self) -> dict[str, str | None]:
+        """Folder or manifest of each split (None: carve from train / embedded / absent)."""
+        if self.manifest is not None:
+            return {"train": self.manifest, "val": self.val_root, "test": self.test_root}
+        if self.root is None:
+            return {"train": None, "val": None, "test": None}
+        if not os.path.isdir(self.root):
+            raise FileNotFoundError(f"--data.root={self.root!r} does not exist or is not a folder")
+        train = _find_split(self.root, "train")
+        return {
+            "train": train or self.root,
+            "val": self.val_root or (_find_split(self.root, "val") if train else None),
+            "test": self.test_root or (_find_split(self.root, "test") if train else None),
+        }
+
+    @property
+    def classes(self) -> list[str]:
+        """Class names in label order (from the training folders or manifest)."""
+        if self._classes is None:
+            train = self._sources()["train"]
+            if train is None:
+                self._classes = list(SHAPES)
+            elif os.path.isdir(train):
+                self._classes = scan_class_folders(train)[2]
+            else:
+                _, labels = read_manifest(train)
+                if labels is None:
+                    raise ValueError(f"--data.manifest={train!r} needs a 'label' column")
+                self._classes = _natural_sorted(set(labels))
+        return self._classes
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes."""
+        return len(self.classes)
+
+    def _read(self, source: str, flag: str) -> LabeledFiles:
+        """Index a class-per-folder tree or a CSV manifest, labels mapped to :attr:`classes`."""
+        index = {name: i for i, name in enumerate(self.classes)}
+        if os.path.isdir(source):
+            rel, labels, names = scan_class_folders(source)
+            table = PathTable(source, rel)
+            label_names = [names[i] for i in labels]
+        else:
+            paths, names_or_none = read_manifest(source)
+            if names_or_none is None:
+                raise ValueError(f"{flag}={source!r}: the manifest needs a 'label' column")
+            table, label_names = PathTable("", paths), names_or_none
+        unknown = sorted(set(label_names) - set(index))
+        if unknown:
+            raise ValueError(
+                f"{flag}={source!r} has classes not in the training set: {unknown[:5]}; "
+                f"training classes are {self.classes[:10]}"
+            )
+        return LabeledFiles(table, np.asarray([index[n] for n in label_names], dtype=np.int64))
+
+    # -- building the datasets -----------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        if self.datasets:
+            return
+        sources = self._sources()
+        if sources["train"] is None:
+            self._setup_synthetic()
+            return
+        flag = "--data.manifest" if self.manifest else "--data.root"
+        train = self._read(sources["train"], flag)
+        probe_readable(train.paths, f"{flag}={sources['train']!r}", self.max_pixels)
+        if sources["val"] is not None:
+            val = self._read(sources["val"], "--data.val_root")
+        else:
+            keep, held = stratified_split(train.labels, self.val_fraction, self.seed)
+            train, val = train.take(keep), train.take(held)
+        train = train.take(self._labeled_positions(train.labels))
+        self.datasets["train"] = self._files(train.paths, train.labels, train=True)
+        self.datasets["val"] = self._files(val.paths, val.labels, train=False)
+        if sources["test"] is not None:
+            test = self._read(sources["test"], "--data.test_root")
+            self.datasets["test"] = self._files(test.paths, test.labels, train=False)
+        self.datasets["predict"] = self.datasets.get("test", self.datasets["val"])
+
+    def _labeled_positions(self, labels: np.ndarray) -> np.ndarray:
+        return stratified_subset(labels, self.samples_per_class, self.label_fraction, self.seed)
+
+    def _setup_synthetic(self) -> None:
+        n = self.synthetic_size
+        labels = self._synthetic(np.arange(n), train=False).labels
+        keep, held = stratified_split(labels, self.val_fraction, self.seed)
+        keep = keep[self._labeled_positions(labels[keep])]
+        n_eval = len(held)
+        self.datasets["train"] = self._synthetic(keep, train=True)
+        self.datasets["val"] = self._synthetic(held, train=False)
+        self.datasets["test"] = self._synthetic(np.arange(n, n + n_eval), train=False)
+        self.datasets["predict"] = self.datasets["test"]
+
+    def train_label_counts(self) -> np.ndarray:
+        """Training labels per class after subsetting (call after ``setup``)."""
+        labels = self.datasets["train"].labels  # type: ignore[attr-defined]
+        return np.bincount(labels, minlength=self.num_classes)

@@ -30,6 +30,9 @@ class PretextModule(L.LightningModule):
         min_lr_ratio: Final learning rate of the cosine schedule, as a share of ``lr``.
     """
 
+    pixel_mean: Tensor
+    pixel_std: Tensor
+
     def __init__(
         self,
         backbone: str = "resnet18",
@@ -50,7 +53,7 @@ class PretextModule(L.LightningModule):
         if warmup_epochs < 0:
             raise ValueError(f"--model.warmup_epochs={warmup_epochs} must be >= 0")
         self.backbone = create_backbone(backbone, pretrained, in_chans, small_input_stem, backbone_kwargs)
-        self.num_features: int = int(self.backbone.num_features)
+        self.num_features: int = int(self.backbone.num_features)  # type: ignore[arg-type]
         mean, std = normalization(self.backbone, in_chans)
         self.register_buffer("pixel_mean", torch.tensor(mean).view(1, -1, 1, 1) * 255.0, persistent=False)
         self.register_buffer("pixel_std", torch.tensor(std).view(1, -1, 1, 1) * 255.0, persistent=False)
@@ -71,7 +74,8 @@ class PretextModule(L.LightningModule):
         return self.backbone(self.normalize(images))
 
     def _param_groups(self) -> list[dict[str, Any]]:
-        decay, no_decay = [], []
+        decay: list[torch.nn.Parameter] = []
+        no_decay: list[torch.nn.Parameter] = []
         for name, param in self.named_parameters():
             if not param.requires_grad:
                 continue

@@ -34,7 +34,7 @@ def test_rotation_subset_labels_index_the_set() -> None:
 
 @pytest.mark.parametrize("bad", [(0,), (0, 45), (0, 0, 90), (0, 360)])
 def test_bad_rotation_sets(bad: tuple[int, ...]) -> None:
-    with pytest.raises(ValueError, match="--model.rotations"):
+    with pytest.raises(ValueError, match=r"--model\.rotations"):
         rotate_batch(torch.zeros(1, 1, 4, 4), bad)
 
 

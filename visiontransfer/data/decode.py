@@ -23,6 +23,16 @@ DEFAULT_MAX_PIXELS = 100_000_000
 decompression bomb and the file is skipped. Raise it with ``--data.max_pixels``."""
 
 
+def _allow_pixels(max_pixels: int) -> None:
+    """Make Pillow's own bomb limit, checked in ``Image.open`` before ours, no stricter than ours.
+
+    Pillow refuses images above ``Image.MAX_IMAGE_PIXELS`` (about 89 M pixels, below the 100 M
+    default of ``max_pixels``); without this, ``--data.max_pixels`` could never let them through.
+    """
+    if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+
+
 class UnreadableImageError(Exception):
     """An image file could not be decoded; ``path`` and ``reason`` say which and why."""
 
@@ -70,6 +80,7 @@ def load_rgb(path: str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PIXELS)
     try:
         if os.path.getsize(path) == 0:
             raise UnreadableImageError(path, "empty file (0 bytes)")
+        _allow_pixels(max_pixels)
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
@@ -92,7 +103,9 @@ def load_rgb(path: str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PIXELS)
     except UnidentifiedImageError as error:
         raise UnreadableImageError(path, "not an image PIL can identify") from error
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise UnreadableImageError(path, f"decompression bomb: {error}") from error
+        raise UnreadableImageError(
+            path, f"decompression bomb: {error}; raise --data.max_pixels if the file is genuine"
+        ) from error
     except (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError) as error:
         raise UnreadableImageError(path, f"corrupt or truncated ({type(error).__name__}: {error})") from error
     if array.ndim != 3 or array.shape[0] == 0 or array.shape[1] == 0:

@@ -43,3 +43,34 @@ def rotate_batch(images: Tensor, rotations: Sequence[int] = ALLOWED_ROTATIONS) -
     rotated = [torch.rot90(images, k=r // 90, dims=(2, 3)) for r in values]  # each (B, C, H, W)
     labels = torch.arange(len(values), device=images.device).repeat_interleave(images.shape[0])
     return torch.cat(rotated), labels
+
+
+def patch_grid_size(image_size: int, patch_size: int, stride: int) -> int:
+    """Patches per side when cutting ``image_size`` pixels into ``patch_size`` patches every ``stride``."""
+    if patch_size < 1 or stride < 1:
+        raise ValueError(f"--model.patch_size={patch_size} and --model.patch_stride={stride} must be >= 1")
+    if patch_size > image_size:
+        raise ValueError(
+            f"--model.patch_size={patch_size} is larger than the {image_size}-px images; "
+            "lower it or raise --data.image_size"
+        )
+    return (image_size - patch_size) // stride + 1
+
+
+def extract_patches(images: Tensor, patch_size: int, stride: int) -> Tensor:
+    """Cut images into a grid of (possibly overlapping) square patches.
+
+    Args:
+        images: ``(B, C, H, W)`` with ``H == W``.
+        patch_size: Side of a patch.
+        stride: Step between patches (``stride < patch_size`` overlaps them).
+
+    Returns:
+        ``(B, G, G, C, patch_size, patch_size)`` with ``G = (H - patch_size) // stride + 1``;
+        ``[:, i, j]`` is the patch whose top-left corner is ``(i * stride, j * stride)``.
+    """
+    if images.ndim != 4 or images.shape[-1] != images.shape[-2]:
+        raise ValueError(f"extract_patches needs square (B, C, H, W) images, got {tuple(images.shape)}")
+    patch_grid_size(images.shape[-1], patch_size, stride)
+    grid = images.unfold(2, patch_size, stride).unfold(3, patch_size, stride)  # (B, C, G, G, P, P)
+    return grid.permute(0, 2, 3, 1, 4, 5).contiguous()  # (B, G, G, C, P, P)

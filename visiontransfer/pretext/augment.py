@@ -1,0 +1,164 @@
+"""Batched pretext augmentations with per-sample randomness, on the batch's device.
+
+Every function takes float images ``(B, C, H, W)`` in [0, 1] and draws its parameters per sample
+(torchvision v2 transforms draw one set per call, so a batch would share one crop and one colour
+change: useless for contrastive views). They run on the GPU when the batch is there, so the CPU
+only decodes; on a CPU machine they are ordinary tensor ops. Randomness comes from ``generator``
+(default: torch's global RNG, seeded by ``seed_everything``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+from torchvision.ops import roi_align
+
+# ITU-R BT.601 luma, as torchvision's rgb_to_grayscale.
+LUMA = (0.299, 0.587, 0.114)
+
+
+def _rand(n: int, like: Tensor, generator: torch.Generator | None) -> Tensor:
+    return torch.rand(n, device=like.device, generator=generator, dtype=like.dtype)
+
+
+def _uniform(n: int, low: float, high: float, like: Tensor, generator: torch.Generator | None) -> Tensor:
+    return low + (high - low) * _rand(n, like, generator)
+
+
+def random_resized_crop(
+    images: Tensor,
+    size: int,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """A random crop per image (area share in ``scale``, aspect in ``ratio``), resized to ``size``.
+
+    Bilinear resampling by ``roi_align`` with adaptive sampling (several samples per output pixel
+    when shrinking, so downscaled crops are averaged rather than aliased).
+
+    Returns:
+        ``(B, C, size, size)``.
+    """
+    b, _, h, w = images.shape
+    area = _uniform(b, scale[0], scale[1], images, generator) * h * w
+    log_r = _uniform(b, math.log(ratio[0]), math.log(ratio[1]), images, generator)
+    aspect = torch.exp(log_r)
+    cw = torch.sqrt(area * aspect).clamp(1.0, float(w))
+    ch = torch.sqrt(area / aspect).clamp(1.0, float(h))
+    x0 = _rand(b, images, generator) * (w - cw)
+    y0 = _rand(b, images, generator) * (h - ch)
+    batch_idx = torch.arange(b, device=images.device, dtype=images.dtype)
+    boxes = torch.stack([batch_idx, x0, y0, x0 + cw, y0 + ch], dim=1)  # (B, 5): idx, x0, y0, x1, y1
+    return roi_align(images, boxes, output_size=size, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+
+
+def random_hflip(images: Tensor, p: float = 0.5, generator: torch.Generator | None = None) -> Tensor:
+    """Mirror each image left-right with probability ``p``."""
+    flip = (_rand(images.shape[0], images, generator) < p).view(-1, 1, 1, 1)
+    return torch.where(flip, images.flip(-1), images)
+
+
+def grayscale(images: Tensor) -> Tensor:
+    """Luma of RGB images, repeated to 3 channels: ``(B, 3, H, W)``."""
+    weights = images.new_tensor(LUMA).view(1, 3, 1, 1)
+    return (images * weights).sum(dim=1, keepdim=True).expand_as(images)
+
+
+def random_grayscale(images: Tensor, p: float = 0.2, generator: torch.Generator | None = None) -> Tensor:
+    """Drop the colour of each image with probability ``p``."""
+    drop = (_rand(images.shape[0], images, generator) < p).view(-1, 1, 1, 1)
+    return torch.where(drop, grayscale(images), images)
+
+
+def _rotate_hue(images: Tensor, angle: Tensor) -> Tensor:
+    """Rotate hue by ``angle`` radians per image, in the YIQ plane (a linear approximation of
+    HSV hue rotation that keeps luma)."""
+    to_yiq = images.new_tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+    yiq = torch.einsum("ij,bjhw->bihw", to_yiq, images)
+    cos, sin = torch.cos(angle).view(-1, 1, 1), torch.sin(angle).view(-1, 1, 1)
+    i, q = yiq[:, 1], yiq[:, 2]
+    yiq = torch.stack([yiq[:, 0], cos * i - sin * q, sin * i + cos * q], dim=1)
+    return torch.einsum("ij,bjhw->bihw", torch.linalg.inv(to_yiq), yiq)
+
+
+def color_jitter(
+    images: Tensor,
+    brightness: float = 0.4,
+    contrast: float = 0.4,
+    saturation: float = 0.4,
+    hue: float = 0.1,
+    p: float = 0.8,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Per-image brightness, contrast, saturation and hue changes (SimCLR), with probability ``p``.
+
+    Factors are drawn uniformly from ``[1 - s, 1 + s]``; hue shifts from ``[-hue, hue]`` of a turn.
+    Applied in a fixed order (torchvision shuffles the order; the difference is minor).
+    """
+    b = images.shape[0]
+    out = images * _uniform(b, 1 - brightness, 1 + brightness, images, generator).view(-1, 1, 1, 1)
+    mean = grayscale(out).mean(dim=(1, 2, 3), keepdim=True)
+    c = _uniform(b, 1 - contrast, 1 + contrast, images, generator).view(-1, 1, 1, 1)
+    out = (mean + c * (out - mean)).clamp(0, 1)
+    s = _uniform(b, 1 - saturation, 1 + saturation, images, generator).view(-1, 1, 1, 1)
+    grey = grayscale(out)
+    out = (grey + s * (out - grey)).clamp(0, 1)
+    if hue > 0:
+        out = _rotate_hue(out, _uniform(b, -hue, hue, images, generator) * 2 * math.pi).clamp(0, 1)
+    apply = (_rand(b, images, generator) < p).view(-1, 1, 1, 1)
+    return torch.where(apply, out, images)
+
+
+def random_gaussian_blur(
+    images: Tensor,
+    p: float = 0.5,
+    sigma: tuple[float, float] = (0.1, 2.0),
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Blur each image with probability ``p`` by a Gaussian of a random sigma (kernel 10% of side)."""
+    b, c, h, w = images.shape
+    radius = max(1, int(0.05 * min(h, w)))
+    offsets = torch.arange(-radius, radius + 1, device=images.device, dtype=images.dtype)
+    sig = _uniform(b, sigma[0], sigma[1], images, generator).view(-1, 1)
+    kernel = torch.exp(-0.5 * (offsets.view(1, -1) / sig) ** 2)
+    kernel = kernel / kernel.sum(dim=1, keepdim=True)  # (B, K)
+    k = kernel.repeat_interleave(c, dim=0)  # (B*C, K): one kernel per image channel
+    x = images.reshape(1, b * c, h, w)
+    x = torch.nn.functional.pad(x, (radius, radius, radius, radius), mode="reflect")
+    x = torch.nn.functional.conv2d(x, k.view(b * c, 1, 1, -1), groups=b * c)
+    x = torch.nn.functional.conv2d(x, k.view(b * c, 1, -1, 1), groups=b * c)
+    blurred = x.view(b, c, h, w)
+    apply = (_rand(b, images, generator) < p).view(-1, 1, 1, 1)
+    return torch.where(apply, blurred, images)
+
+
+def simclr_view(
+    images: Tensor,
+    size: int,
+    crop_scale: tuple[float, float] = (0.08, 1.0),
+    jitter_strength: float = 0.5,
+    blur: bool = False,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """One SimCLR view: random resized crop, flip, colour jitter (p 0.8), greyscale (p 0.2),
+    optionally blur (p 0.5; the paper blurs on ImageNet, not CIFAR).
+
+    Args:
+        images: ``(B, 3, H, W)`` float in [0, 1].
+        size: Output side.
+        crop_scale: Area share range of the crop.
+        jitter_strength: ``s`` of the paper: brightness/contrast/saturation 0.8 s, hue 0.2 s.
+        blur: Apply Gaussian blur.
+        generator: Random source.
+    """
+    s = jitter_strength
+    view = random_resized_crop(images, size, crop_scale, generator=generator)
+    view = random_hflip(view, generator=generator)
+    view = color_jitter(view, 0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s, p=0.8, generator=generator)
+    view = random_grayscale(view, p=0.2, generator=generator)
+    if blur:
+        view = random_gaussian_blur(view, p=0.5, generator=generator)
+    return view

@@ -1,0 +1,100 @@
+"""SimCLR: contrastive learning of two augmented views."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from visiontransfer.heads import MLPHead
+from visiontransfer.losses import nt_xent
+from visiontransfer.pretext.augment import simclr_view
+from visiontransfer.pretext.base import PretextModule
+
+
+class SimCLR(PretextModule):
+    """Make two augmented views of an image agree, against every other image of the batch.
+
+    Paper: Chen, Kornblith, Norouzi, Hinton, "A Simple Framework for Contrastive Learning of
+    Visual Representations", ICML 2020. Two views per image (random resized crop, flip, colour
+    jitter, greyscale, blur on large images), a 2-layer projection MLP, and the NT-Xent loss over
+    the 2N views of the batch. Views are made batched on the training device with per-image
+    randomness (:mod:`visiontransfer.pretext.augment`). Under DDP the projections of every
+    process are gathered, so negatives come from the global batch, as in the paper.
+
+    Args:
+        projection_dim: Output width of the projection head.
+        projection_hidden_dim: Hidden width of the projection head.
+        temperature: NT-Xent temperature (paper: 0.5 on CIFAR-10, 0.1 on ImageNet).
+        crop_scale_min: Smallest area share of a random crop.
+        jitter_strength: Colour jitter strength ``s`` (paper: 0.5 on CIFAR-10, 1.0 on ImageNet).
+        blur: Gaussian blur in the views (paper: on ImageNet, not on CIFAR).
+        **kwargs: Backbone and optimizer arguments of :class:`PretextModule`.
+    """
+
+    def __init__(
+        self,
+        projection_dim: int = 128,
+        projection_hidden_dim: int = 512,
+        temperature: float = 0.5,
+        crop_scale_min: float = 0.08,
+        jitter_strength: float = 0.5,
+        blur: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if temperature <= 0:
+            raise ValueError(f"--model.temperature={temperature} must be > 0")
+        if not 0 < crop_scale_min <= 1:
+            raise ValueError(f"--model.crop_scale_min={crop_scale_min} must be in (0, 1]")
+        self.projection = MLPHead(self.num_features, projection_dim, projection_hidden_dim)
+        self.temperature = temperature
+        self.crop_scale = (crop_scale_min, 1.0)
+        self.jitter_strength = jitter_strength
+        self.blur = blur
+
+    def views(self, images: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """Two augmented views ``(B, 3, H, W)`` (uint8 range floats) of a uint8 batch."""
+        x = images.float() / 255.0
+        size = images.shape[-1]
+        v1 = simclr_view(x, size, self.crop_scale, self.jitter_strength, self.blur, generator)
+        v2 = simclr_view(x, size, self.crop_scale, self.jitter_strength, self.blur, generator)
+        return v1 * 255.0, v2 * 255.0
+
+    def project(self, views: Tensor) -> Tensor:
+        """Projections ``(B, projection_dim)`` of views in the uint8 range."""
+        return self.projection(self.backbone(self.normalize(views)))
+
+    def _gather(self, z: Tensor) -> Tensor:
+        """All processes' projections ``(world * B, D)``, gradients kept (global negatives)."""
+        if self._trainer is None or self.trainer.world_size <= 1:
+            return z
+        gathered = self.all_gather(z, sync_grads=True)  # (world, B, D)
+        return gathered.reshape(-1, z.shape[-1])
+
+    def _step(self, batch: dict[str, Any], stage: str) -> Tensor | None:
+        images = batch["image"]
+        if images.shape[0] == 0:
+            return None
+        generator = None
+        if stage != "train":  # the same views every validation epoch
+            generator = torch.Generator(device=images.device).manual_seed(int(batch["index"][0]))
+        v1, v2 = self.views(images, generator)
+        z1, z2 = self.project(v1), self.project(v2)
+        loss = nt_xent(self._gather(z1), self._gather(z2), self.temperature)
+        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=images.shape[0], sync_dist=stage != "train")
+        return loss
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
+        """Pooled backbone features (not projections) of each image, with its dataset index."""
+        return {"index": batch["index"], "features": self.features(batch["image"])}

@@ -7,6 +7,7 @@ Model and data are chosen by ``class_path`` in the YAML files of ``configs/``: L
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 from typing import Any
@@ -65,7 +66,27 @@ def quickstart(args: list[str]) -> None:
     VisionTransferCLI(args=["fit", "--config", str(config), *args])
 
 
-COMMANDS = {"quickstart": quickstart}
+def export(args: list[str]) -> None:
+    """``visiontransfer export CKPT --out DIR``: the backbone as safetensors + config.json + hubconf.py."""
+    parser = argparse.ArgumentParser(
+        prog="visiontransfer export",
+        description="Export the backbone of a visiontransfer checkpoint (any pretext or transfer module).",
+    )
+    parser.add_argument("checkpoint", help="a .ckpt written by visiontransfer fit")
+    parser.add_argument("--out", required=True, help="output folder (created if missing)")
+    options = parser.parse_args(args)
+    from visiontransfer.export import export_backbone
+
+    try:
+        out = export_backbone(options.checkpoint, options.out)
+    except (FileNotFoundError, ValueError, RuntimeError) as error:
+        parser.exit(2, f"visiontransfer export: error: {error}\n")
+    print(f"exported backbone to {out}: model.safetensors, config.json, hubconf.py")
+    print(f'load it with: visiontransfer.load_backbone("{out}")')
+    print(f'          or: torch.hub.load("{out}", "backbone", source="local")')
+
+
+COMMANDS = {"quickstart": quickstart, "export": export}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -63,7 +63,17 @@ class PretextModule(L.LightningModule):
         self.momentum = momentum
         self.warmup_epochs = warmup_epochs
         self.min_lr_ratio = min_lr_ratio
+        self.backbone_spec: dict[str, Any] = {
+            "architecture": backbone,
+            "in_chans": in_chans,
+            "small_input_stem": small_input_stem,
+            "backbone_kwargs": dict(backbone_kwargs or {}),
+        }
         self.save_hyperparameters()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record how to rebuild the backbone, so ``visiontransfer export`` needs nothing else."""
+        checkpoint["visiontransfer"] = checkpoint_block(self, self.backbone_spec)
 
     def normalize(self, images: Tensor) -> Tensor:
         """``(B, C, H, W) uint8`` (or float in 0..255) → float, normalised for the backbone."""
@@ -108,3 +118,15 @@ def warmup_cosine(step: int, total: int, warmup: int, min_ratio: float) -> float
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def checkpoint_block(module: L.LightningModule, spec: dict[str, Any]) -> dict[str, Any]:
+    """The ``visiontransfer`` entry of a checkpoint: backbone spec, method, hparams, image size."""
+    datamodule = getattr(module._trainer, "datamodule", None) if module._trainer else None
+    hparams = {k: list(v) if isinstance(v, tuple) else v for k, v in module.hparams.items()}
+    return {
+        **spec,
+        "method": type(module).__name__,
+        "hyperparameters": {k: v for k, v in hparams.items() if not k.startswith("_")},
+        "image_size": getattr(datamodule, "image_size", None),
+    }

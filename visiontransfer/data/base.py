@@ -146,7 +146,9 @@ class _ImageDataModule(L.LightningDataModule):
     def teardown(self, stage: str) -> None:
         if not self.skip_log.reasons:
             return
-        total = sum(len(d) for d in self.datasets.values())  # type: ignore[arg-type]
+        # "predict" is the val or test set again: count each dataset once.
+        unique = {id(d): d for d in self.datasets.values()}
+        total = sum(len(d) for d in unique.values())  # type: ignore[arg-type, misc]
         self.skip_log.warn_once(total)
         log_dir = getattr(getattr(self, "trainer", None), "log_dir", None)
         if log_dir:

@@ -140,7 +140,10 @@ class ClassificationDataModule(_ImageDataModule):
             if train is None:
                 self._classes = list(SHAPES)
             elif os.path.isdir(train):
-                self._classes = scan_class_folders(train)[2]
+                try:
+                    self._classes = scan_class_folders(train)[2]
+                except FileNotFoundError as error:
+                    raise FileNotFoundError(f"--data.root={self.root!r}: {error}") from None
             else:
                 _, labels = read_manifest(train)
                 if labels is None:
@@ -157,9 +160,17 @@ class ClassificationDataModule(_ImageDataModule):
         """Index a class-per-folder tree or a CSV manifest, labels mapped to :attr:`classes`."""
         index = {name: i for i, name in enumerate(self.classes)}
         if os.path.isdir(source):
-            rel, labels, names = scan_class_folders(source)
+            try:
+                rel, labels, names = scan_class_folders(source)
+            except FileNotFoundError as error:
+                raise FileNotFoundError(f"{flag}={source!r}: {error}") from None
             table = PathTable(source, rel)
             label_names = [names[i] for i in labels]
+        elif not os.path.isfile(source):
+            raise FileNotFoundError(
+                f"{flag}={source!r} does not exist: give a class-per-folder tree or a CSV manifest "
+                "with 'path' and 'label' columns"
+            )
         else:
             paths, names_or_none = read_manifest(source)
             if names_or_none is None:

@@ -27,25 +27,37 @@ class PathTable(Sequence[str]):
 
     def __init__(self, root: str | os.PathLike[str], paths: Iterable[str]) -> None:
         self.root = os.fspath(root)
-        encoded = [p.encode("utf-8", "surrogateescape") for p in paths]
-        lengths = np.fromiter((len(b) for b in encoded), dtype=np.int64, count=len(encoded))
-        self._offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+        if not isinstance(paths, (list, tuple)):
+            paths = list(paths)
+        # One joined string and one encode instead of a bytes object per path: building the table
+        # costs ~2 bytes per character on top of the input list instead of ~70 bytes per path
+        # (a million paths: ~50 MB instead of ~180 MB at the peak).
+        joined = "".join(paths)
+        data = joined.encode("utf-8", "surrogateescape")
+        if len(data) == len(joined):  # every character took one byte: lengths in characters hold
+            lengths = np.fromiter(map(len, paths), dtype=np.int64, count=len(paths))
+        else:
+            lengths = np.fromiter(
+                (len(p.encode("utf-8", "surrogateescape")) for p in paths), dtype=np.int64, count=len(paths)
+            )
+        del joined
+        self._offsets = np.zeros(len(paths) + 1, dtype=np.int64)
         np.cumsum(lengths, out=self._offsets[1:])
-        self._buffer = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+        self._buffer = np.frombuffer(data, dtype=np.uint8)
 
     def __len__(self) -> int:
         return len(self._offsets) - 1
 
     def relative(self, index: int) -> str:
-        """The path as stored (relative to :attr:`root`)."""
-        start, stop = self._offsets[index], self._offsets[index + 1]
-        return self._buffer[start:stop].tobytes().decode("utf-8", "surrogateescape")
-
-    def __getitem__(self, index: int) -> str:  # type: ignore[override]
+        """The path as stored (relative to :attr:`root`); negative indices count from the end."""
         if index < 0:
             index += len(self)
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} paths")
+        start, stop = self._offsets[index], self._offsets[index + 1]
+        return self._buffer[start:stop].tobytes().decode("utf-8", "surrogateescape")
+
+    def __getitem__(self, index: int) -> str:  # type: ignore[override]
         return os.path.join(self.root, self.relative(index))
 
     def nbytes(self) -> int:
@@ -64,9 +76,10 @@ def scan_images(
 ) -> list[str]:
     """List image files below ``root`` recursively, sorted, as paths relative to ``root``.
 
-    Only directory entries are read (``os.scandir``: no ``stat`` and no file opened), so a million
-    files index in seconds. Hidden files and folders (``.name``, ``__MACOSX``) are left out; a
-    symbolic link to a folder already walked is not walked twice.
+    Only directory entries are read (``os.scandir``: no file is opened or ``stat``-ed, only each
+    folder), so a million files index in seconds. Hidden files and folders (``.name``,
+    ``__MACOSX``) are left out; a folder reached twice (through a symbolic link to a folder of the
+    tree, or a link loop) is walked once, so no file is listed twice.
 
     Args:
         root: Folder to walk.
@@ -80,7 +93,8 @@ def scan_images(
     if not os.path.isdir(top):
         raise FileNotFoundError(f"image folder {top!r} does not exist or is not a folder")
     found: list[str] = []
-    seen_links: set[str] = set()
+    root_stat = os.stat(top)
+    seen_dirs = {(root_stat.st_dev, root_stat.st_ino)}
     stack = [""]
     while stack:
         relative_dir = stack.pop()
@@ -88,23 +102,29 @@ def scan_images(
             entries = os.scandir(os.path.join(top, relative_dir))
         except PermissionError:
             continue
+        folders = []
         with entries:
             for entry in entries:
                 name = entry.name
                 if _is_hidden(name):
                     continue
-                rel = f"{relative_dir}/{name}" if relative_dir else name
                 if entry.is_dir(follow_symlinks=follow_symlinks):
-                    if entry.is_symlink():
-                        real = os.path.realpath(entry.path)
-                        if real in seen_links:
-                            continue
-                        seen_links.add(real)
-                    stack.append(rel)
+                    folders.append(entry)
                 elif os.path.splitext(name)[1].lower() in extensions and (
                     follow_symlinks or not entry.is_symlink()
                 ):
-                    found.append(rel)
+                    found.append(f"{relative_dir}/{name}" if relative_dir else name)
+        # Real folders before links, by name: which copy of a folder reached twice is kept does
+        # not depend on the order the file system lists entries in.
+        for entry in sorted(folders, key=lambda e: (e.is_symlink(), e.name)):
+            try:
+                stat = entry.stat()
+            except OSError:
+                continue
+            if (stat.st_dev, stat.st_ino) in seen_dirs:
+                continue
+            seen_dirs.add((stat.st_dev, stat.st_ino))
+            stack.append(f"{relative_dir}/{entry.name}" if relative_dir else entry.name)
     found.sort()
     return found
 
@@ -159,7 +179,8 @@ def read_manifest(path: str | os.PathLike[str]) -> tuple[list[str], list[str] | 
     base = manifest.parent
     paths: list[str] = []
     labels: list[str] = []
-    with manifest.open(newline="", encoding="utf-8") as handle:
+    # utf-8-sig: spreadsheet programs start CSV files with a byte-order mark.
+    with manifest.open(newline="", encoding="utf-8-sig") as handle:
         if manifest.suffix.lower() == ".csv":
             reader = csv.DictReader(handle)
             fields = reader.fieldnames or []

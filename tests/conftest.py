@@ -1,0 +1,81 @@
+"""Shared fixtures: the real images of ``../shared/data`` (tests skip with a reason without them).
+
+The data is never copied into the repository: tests build the small trees they need in
+``tmp_path`` out of symbolic links to a few files.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+"""``../shared/data`` next to the repository (CI provides it)."""
+
+
+def _require(path: Path, what: str) -> Path:
+    if not path.is_dir():
+        pytest.skip(
+            f"{what} not found at {path.resolve()}: tests on real image files need "
+            "../shared/data next to the repository (CI provides it)"
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The shared data folder."""
+    return _require(SHARED_DATA, "shared test data")
+
+
+@pytest.fixture(scope="session")
+def cifar10_dir(shared_data: Path) -> Path:
+    """CIFAR-10 as ``{train,test}/<class>/NNNN.jpg`` (32x32 JPEG)."""
+    return _require(shared_data / "cifar10", "CIFAR-10 sample")
+
+
+@pytest.fixture(scope="session")
+def raccoon_dir(shared_data: Path) -> Path:
+    """Raccoon photos ``raccoon-N.jpg`` of various sizes (raccoon-150, -152, -161 are greyscale)."""
+    return _require(shared_data / "raccoon" / "images", "raccoon images")
+
+
+def _link_files(files: Iterable[Path], folder: Path) -> list[Path]:
+    """Symbolically link ``files`` into ``folder`` (created), keeping their names."""
+    folder.mkdir(parents=True, exist_ok=True)
+    links = []
+    for file in files:
+        link = folder / file.name
+        os.symlink(file, link)
+        links.append(link)
+    return links
+
+
+@pytest.fixture(scope="session")
+def link_files() -> Callable[[Iterable[Path], Path], list[Path]]:
+    """``link_files(files, folder)``: symbolically link files into ``folder`` (created)."""
+    return _link_files
+
+
+@pytest.fixture
+def cifar_tree(cifar10_dir: Path) -> Callable[..., Path]:
+    """Factory: ``cifar_tree(dest, classes=("cat", "dog"), per_class=4, split="train", start=0)``
+    links ``per_class`` CIFAR-10 images of each class into ``dest/<class>/`` and returns ``dest``."""
+
+    def make(
+        dest: Path,
+        classes: Iterable[str] = ("cat", "dog"),
+        per_class: int = 4,
+        split: str = "train",
+        start: int = 0,
+    ) -> Path:
+        for name in classes:
+            files = sorted((cifar10_dir / split / name).glob("*.jpg"))[start : start + per_class]
+            assert len(files) == per_class, f"only {len(files)} CIFAR-10 {split}/{name} images"
+            _link_files(files, dest / name)
+        return dest
+
+    return make

@@ -1,0 +1,79 @@
+"""The embedded procedural set: deterministic scenes with consistent labels and boxes."""
+
+from __future__ import annotations
+
+import albumentations as A
+import numpy as np
+import pytest
+
+from visiontransfer.data.datasets import SyntheticDataset
+from visiontransfer.data.synthetic import SHAPES, render_scene, scene_label
+
+
+def test_scene_is_deterministic_by_seed_and_index():
+    first, again = render_scene(7, 32, seed=3), render_scene(7, 32, seed=3)
+    np.testing.assert_array_equal(first.image, again.image)
+    np.testing.assert_array_equal(first.boxes, again.boxes)
+    np.testing.assert_array_equal(first.box_labels, again.box_labels)
+    assert first.label == again.label
+
+
+def test_different_seeds_and_indices_differ():
+    base = render_scene(0, 32, seed=0).image
+    assert not np.array_equal(base, render_scene(0, 32, seed=1).image)
+    assert not np.array_equal(base, render_scene(1, 32, seed=0).image)
+    labels = {s: [render_scene(i, 16, seed=s).label for i in range(30)] for s in (0, 1)}
+    assert labels[0] != labels[1]
+
+
+@pytest.mark.parametrize("size", [16, 32, 64])
+def test_image_boxes_and_labels_are_consistent(size: int):
+    seen_distractors = 0
+    for index in range(40):
+        scene = render_scene(index, size, seed=2)
+        assert scene.image.shape == (size, size, 3) and scene.image.dtype == np.uint8
+        assert scene.boxes.dtype == np.float32 and scene.box_labels.dtype == np.int64
+        assert scene.boxes.shape == (len(scene.box_labels), 4)
+        assert 1 <= len(scene.box_labels) <= 3
+        x0, y0, x1, y1 = scene.boxes.T
+        assert (x0 >= 0).all() and (y0 >= 0).all() and (x1 <= size).all() and (y1 <= size).all()
+        assert (x1 - x0 >= 1).all() and (y1 - y0 >= 0.5).all()  # non-degenerate
+        assert scene.label == scene.box_labels[0]
+        assert (scene.box_labels[1:] != scene.label).all()  # distractors are other classes
+        assert ((scene.box_labels >= 0) & (scene.box_labels < len(SHAPES))).all()
+        seen_distractors += len(scene.box_labels) - 1
+        # The main object is drawn: its box is not all background.
+        bx0, by0, bx1, by1 = (int(v) for v in scene.boxes[0])
+        assert scene.image[by0 : max(by1, by0 + 1), bx0 : max(bx1, bx0 + 1)].std() > 0
+    assert seen_distractors > 0
+
+
+@pytest.mark.parametrize("num_classes", [2, 5, 10])
+def test_scene_label_matches_render(num_classes: int):
+    labels = []
+    for index in range(60):
+        label = scene_label(index, num_classes, seed=4)
+        assert label == render_scene(index, 16, num_classes, seed=4).label
+        labels.append(label)
+    assert set(labels) == set(range(num_classes))  # every class occurs
+
+
+def test_invalid_arguments():
+    with pytest.raises(ValueError, match="image_size=8"):
+        render_scene(0, 8)
+    with pytest.raises(ValueError, match="num_classes=1"):
+        render_scene(0, 32, num_classes=1)
+    with pytest.raises(ValueError, match="num_classes=11"):
+        render_scene(0, 32, num_classes=11)
+
+
+def test_synthetic_dataset_serves_scenes_in_order():
+    scenes = np.array([5, 3, 9])
+    dataset = SyntheticDataset(scenes, A.Compose([]), image_size=32, num_classes=10, seed=1)
+    assert len(dataset) == 3
+    np.testing.assert_array_equal(dataset.labels, [scene_label(int(i), 10, 1) for i in scenes])
+    sample = dataset[1]
+    assert sample["index"] == 1
+    assert sample["label"] == render_scene(3, 32, 10, 1).label
+    assert sample["image"].shape == (3, 32, 32)
+    np.testing.assert_array_equal(sample["image"].permute(1, 2, 0).numpy(), render_scene(3, 32, 10, 1).image)

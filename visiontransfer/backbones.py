@@ -18,18 +18,29 @@ patchify kernel) and a max-pool right after the stem is removed.
 from __future__ import annotations
 
 import difflib
+import math
+import numbers
 from typing import Any
 
 import timm
 import torch
 from torch import nn
 
-STEM_POOL_NAMES = ("maxpool", "stem.pool", "stem.maxpool")
+STEM_POOL_NAMES = ("maxpool", "stem.pool", "stem.maxpool", "features.pool0")
 """Module names of a pooling layer that ends a timm stem."""
+
+PAD_LAYERS = (nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d)
+"""Explicit padding modules; one named ``pad`` beside a removed stem pool goes too (BiT stems)."""
+
+MODEL_SOURCES = ("hf-hub", "hf_hub", "local-dir")
+"""Prefixes of timm model names that name a source instead of a registered architecture."""
 
 
 def check_model_name(name: str) -> None:
     """Raise a ``ValueError`` naming ``name`` and close timm names if timm has no such model."""
+    source, _, _ = name.partition(":")
+    if source.lower() in MODEL_SOURCES:
+        return  # a Hugging Face Hub repo or a local folder: timm reads the architecture from it
     arch, _ = timm.models.split_model_name_tag(name)
     if timm.is_model(arch):
         return
@@ -44,6 +55,40 @@ def _replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, new)
+
+
+def _remove_conv_stride(conv: nn.Conv2d) -> None:
+    """Give ``conv`` stride 1 in place; a kernel larger than 3 or a patchify kernel becomes 3×3.
+
+    The module is changed, not replaced, so it keeps its class (timm's weight-standardized and
+    TF-"same" convolutions), its other settings and its state-dict keys (e.g. the ``gain`` of
+    ``ScaledStdConv2d``); only the weight's shape changes where the kernel does (that weight is
+    then freshly initialised).
+    """
+    kernel, stride = conv.kernel_size[0], conv.stride[0]
+    new_kernel = 3 if kernel > 3 or kernel == stride else kernel  # 7×7/2 or 4×4/4 become 3×3/1
+    conv.stride = (1, 1)
+    if new_kernel != kernel:
+        old_fan_in = conv.weight[0].numel()
+        weight = torch.empty(
+            conv.out_channels, conv.in_channels // conv.groups, new_kernel, new_kernel,
+            dtype=conv.weight.dtype, device=conv.weight.device,
+        )  # fmt: skip
+        nn.init.kaiming_uniform_(weight, a=math.sqrt(5))  # nn.Conv2d's default initialisation
+        conv.weight = nn.Parameter(weight, requires_grad=conv.weight.requires_grad)
+        conv.kernel_size = (new_kernel, new_kernel)
+        scale = getattr(conv, "scale", None)
+        if isinstance(scale, float):  # ScaledStdConv2d: gamma / sqrt(fan-in), and fan-in changed
+            setattr(conv, "scale", scale * math.sqrt(old_fan_in / weight[0].numel()))  # noqa: B010
+    # At stride 1 the padding keeps the spatial size. TF-"same" convolutions (Conv2dSame, ...)
+    # have padding 0 and pad in forward() from kernel and stride, which is right as it is.
+    dynamic_same = bool(getattr(conv, "same_pad", type(conv).__name__.endswith("Same")))
+    if isinstance(conv.padding, str):
+        conv.padding = "same"
+    elif not dynamic_same:
+        conv.padding = tuple((new_kernel - 1) // 2 * d for d in conv.dilation)
+        if conv.padding_mode != "zeros":  # nn.Conv2d pads itself from this copy for those modes
+            conv._reversed_padding_repeated_twice = [p for p in reversed(conv.padding) for _ in (0, 1)]
 
 
 def adapt_stem_for_small_images(model: nn.Module) -> int:
@@ -69,16 +114,7 @@ def adapt_stem_for_small_images(model: nn.Module) -> int:
     if not isinstance(conv, nn.Conv2d) or conv.stride[0] == 1:
         raise ValueError(f"{arch!r}: first conv {first!r} has no stride to remove")
     factor = conv.stride[0]
-    kernel = conv.kernel_size[0]
-    if kernel > 3 or kernel == conv.stride[0]:
-        kernel = 3  # 7×7/2 or a 4×4/4 patchify conv becomes a plain 3×3/1
-    new_conv = nn.Conv2d(
-        conv.in_channels, conv.out_channels, kernel, stride=1, padding=kernel // 2,
-        groups=conv.groups, bias=conv.bias is not None,
-    )  # fmt: skip
-    if new_conv.weight.shape == conv.weight.shape:
-        new_conv.load_state_dict(conv.state_dict())
-    _replace_module(model, first, new_conv)
+    _remove_conv_stride(conv)
     for pool_name in STEM_POOL_NAMES:
         try:
             pool = model.get_submodule(pool_name)
@@ -88,6 +124,14 @@ def adapt_stem_for_small_images(model: nn.Module) -> int:
             stride = pool.stride if isinstance(pool.stride, int) else pool.stride[0]
             factor *= stride
             _replace_module(model, pool_name, nn.Identity())
+            parent = pool_name.rpartition(".")[0]
+            pad_name = f"{parent}.pad" if parent else "pad"
+            try:
+                pad = model.get_submodule(pad_name)
+            except AttributeError:
+                pad = None
+            if isinstance(pad, PAD_LAYERS):  # it only served the pool: it would grow the map
+                _replace_module(model, pad_name, nn.Identity())
         break
     return factor
 
@@ -158,17 +202,31 @@ class FeatureBackbone(nn.Module):
             raise ValueError(f"{type(model).__name__} has no feature_info to read levels from")
         if out_indices is None:
             out_indices = tuple(range(max(0, len(info) - 4), len(info)))
-        bad = [i for i in out_indices if not -len(info) <= i < len(info)]
+        out_indices = tuple(out_indices)
+        if not out_indices:
+            raise ValueError(f"out_indices is empty: name at least one of the model's {len(info)} levels")
+        bad = [
+            i
+            for i in out_indices
+            if isinstance(i, bool) or not isinstance(i, numbers.Integral) or not -len(info) <= i < len(info)
+        ]
         if bad:
-            raise ValueError(f"out_indices {bad} out of range: the model has {len(info)} levels")
+            raise ValueError(
+                f"out_indices {bad} invalid: the model has {len(info)} levels, so use integers "
+                f"0..{len(info) - 1} (or negative ones, counting from the end)"
+            )
         self.model = model
-        self.out_indices = tuple(i % len(info) for i in out_indices)
+        self.out_indices = tuple(int(i) % len(info) for i in out_indices)
+        # forward_intermediates() returns levels in network order, once each: ask for those and
+        # hand them back in the order (and with the repeats) of out_indices.
+        self._take = sorted(set(self.out_indices))
+        self._order = [self._take.index(i) for i in self.out_indices]
         factor = int(getattr(model, "stem_factor", 1))
         self.channels = [int(info[i]["num_chs"]) for i in self.out_indices]
         self.reductions = [max(1, int(info[i]["reduction"]) // factor) for i in self.out_indices]
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """``(B, C, H, W)`` → one ``(B, channels[i], H / reductions[i], W / reductions[i])`` map per level."""
-        return list(
-            self.model.forward_intermediates(x, indices=list(self.out_indices), intermediates_only=True)
-        )
+        forward_intermediates = self.model.forward_intermediates
+        maps = forward_intermediates(x, indices=list(self._take), intermediates_only=True)  # type: ignore[operator]
+        return [maps[j] for j in self._order]

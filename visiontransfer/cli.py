@@ -86,7 +86,14 @@ def export(args: list[str]) -> None:
     print(f'          or: torch.hub.load("{out}", "backbone", source="local")')
 
 
-COMMANDS = {"quickstart": quickstart, "export": export}
+def seeds(args: list[str]) -> None:
+    """``visiontransfer seeds --seeds 0 1 2 --config ...``: one fit + test per seed, mean ± std."""
+    from visiontransfer.transfer.seeds import main as seeds_main
+
+    seeds_main(args)
+
+
+COMMANDS = {"quickstart": quickstart, "export": export, "seeds": seeds}
 
 
 def main(argv: list[str] | None = None) -> None:

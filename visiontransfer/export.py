@@ -230,6 +230,24 @@ def _spec_from_config(config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def load_backbone_with_spec(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]:
+    """Like :func:`load_backbone` (pooled model), also returning the spec it was rebuilt from."""
+    source = Path(path)
+    if source.is_dir() or source.suffix == ".safetensors":
+        config, state = _read_export(source)
+        spec = _spec_from_config(config)
+    elif source.is_file():
+        checkpoint = read_checkpoint(source)
+        spec = backbone_spec(checkpoint)
+        state = backbone_state_dict(checkpoint["state_dict"])
+    else:
+        raise FileNotFoundError(f"no checkpoint, export folder or .safetensors file at {os.fspath(path)!r}")
+    model = build_from_spec(spec)
+    load_weights(model, state, os.fspath(path))
+    keep = ("architecture", "in_chans", "small_input_stem", "backbone_kwargs")
+    return model, {k: spec.get(k) for k in keep}
+
+
 def load_backbone(
     path: str | os.PathLike[str], features_only: bool = False, num_classes: int = 0
 ) -> nn.Module:
@@ -245,18 +263,7 @@ def load_backbone(
         UnsafeCheckpointError: a ``.ckpt`` that would unpickle arbitrary objects.
         ValueError: weights that don't fit the architecture, naming missing and unexpected keys.
     """
-    source = Path(path)
-    if source.is_dir() or source.suffix == ".safetensors":
-        config, state = _read_export(source)
-        spec = _spec_from_config(config)
-    elif source.is_file():
-        checkpoint = read_checkpoint(source)
-        spec = backbone_spec(checkpoint)
-        state = backbone_state_dict(checkpoint["state_dict"])
-    else:
-        raise FileNotFoundError(f"no checkpoint, export folder or .safetensors file at {os.fspath(path)!r}")
-    model = build_from_spec(spec)
-    load_weights(model, state, os.fspath(path))
+    model, _ = load_backbone_with_spec(path)
     if num_classes:
         model.reset_classifier(num_classes)  # type: ignore[operator]
     return FeatureBackbone(model) if features_only else model

@@ -71,3 +71,67 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.5) -> Tensor:
     positives = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
     itself = torch.eye(2 * n, dtype=torch.bool, device=z.device)
     return info_nce(z, z, temperature, positives, exclude=itself)
+
+
+AB_LOSS_SCALE = 110.0
+"""ab values are divided by this (the half-width of the quantised ab square) before the
+regression loss, so errors are in units of the ab range and smooth L1's ``beta`` is comparable
+across scales."""
+
+
+def colorization_regression_loss(
+    pred_ab: Tensor, true_ab: Tensor, scale: float = AB_LOSS_SCALE, beta: float = 1.0
+) -> Tensor:
+    """Smooth L1 between predicted and true ab, both divided by ``scale`` (the regression baseline
+    of Zhang et al. 2016, with smooth L1 instead of L2 for robustness).
+
+    ``loss = mean( smooth_l1((pred − true) / scale; beta) )`` over every element, where
+    ``smooth_l1(d) = 0.5·d²/beta`` for ``|d| < beta`` and ``|d| − 0.5·beta`` beyond.
+
+    Args:
+        pred_ab: ``(B, 2, H, W)`` predicted a, b in Lab units.
+        true_ab: ``(B, 2, H, W)`` true a, b in Lab units.
+        scale: Divides both before the loss (default 110: the ab range becomes about [-1, 1]).
+        beta: Where smooth L1 turns from quadratic to linear, in scaled units.
+
+    Returns:
+        Scalar mean loss.
+    """
+    if pred_ab.shape != true_ab.shape or pred_ab.ndim != 4 or pred_ab.shape[1] != 2:
+        raise ValueError(
+            "colorization_regression_loss needs pred_ab and true_ab of one (B, 2, H, W) shape, got "
+            f"{tuple(pred_ab.shape)} and {tuple(true_ab.shape)}"
+        )
+    if scale <= 0 or beta <= 0:
+        raise ValueError(f"scale={scale} and beta={beta} must be > 0")
+    return F.smooth_l1_loss(pred_ab / scale, true_ab / scale, beta=beta)
+
+
+def colorization_class_loss(logits: Tensor, soft_targets: Tensor, weights_per_pixel: Tensor) -> Tensor:
+    """Class-rebalanced multinomial cross-entropy of Zhang et al. 2016 (eq. 2).
+
+    ``loss = mean_{b,h,w}( −v_bhw · Σ_q Z_bqhw · log softmax(logits)_bqhw )`` where ``Z`` are the
+    soft-encoded targets and ``v = w[argmax_q Z]`` the rebalancing weight of each pixel's colour.
+    The paper sums over pixels; we average, so the scale does not depend on the image size (with
+    ``E_p[w] = 1`` it is that of a plain cross-entropy).
+
+    Args:
+        logits: ``(B, Q, H, W)`` unnormalised scores over the Q ab bins.
+        soft_targets: ``(B, Q, H, W)`` target distribution per pixel (each sums to 1).
+        weights_per_pixel: ``(B, H, W)`` rebalancing weight ``v`` of each pixel.
+
+    Returns:
+        Scalar mean loss.
+    """
+    if logits.ndim != 4 or logits.shape != soft_targets.shape:
+        raise ValueError(
+            "colorization_class_loss needs logits and soft_targets of one (B, Q, H, W) shape, got "
+            f"{tuple(logits.shape)} and {tuple(soft_targets.shape)}"
+        )
+    expected = (logits.shape[0], *logits.shape[2:])
+    if tuple(weights_per_pixel.shape) != expected:
+        raise ValueError(
+            f"weights_per_pixel must be (B, H, W) = {expected}, got {tuple(weights_per_pixel.shape)}"
+        )
+    cross_entropy = -(soft_targets * F.log_softmax(logits.float(), dim=1)).sum(dim=1)  # (B, H, W)
+    return (weights_per_pixel * cross_entropy).mean()

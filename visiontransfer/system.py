@@ -77,7 +77,15 @@ class BackboneSystem(L.LightningModule):
         checkpoint["visiontransfer"] = checkpoint_block(self, self.backbone_spec)
 
     def normalize(self, images: Tensor) -> Tensor:
-        """``(B, C, H, W) uint8`` (or float in 0..255) → float, normalised for the backbone."""
+        """``(B, C, H, W) uint8`` (or float in 0..255) → float, normalised for the backbone.
+
+        A single-channel backbone (e.g. pretrained by colorization) given RGB images sees their
+        CIE L lightness scaled to 0..255, the input colorization trains it on.
+        """
+        if images.shape[1] == 3 and self.pixel_mean.shape[1] == 1:
+            from visiontransfer.pretext.lab import rgb_to_lab
+
+            images = rgb_to_lab(images.float() / 255.0)[:, :1] * 2.55  # L 0..100 → 0..255
         return (images.float() - self.pixel_mean) / self.pixel_std
 
     def features(self, images: Tensor) -> Tensor:

@@ -1,6 +1,6 @@
 # Two entry points for a fresh machine; each builds its own virtual environment (.venv) first.
 #   make quickstart   install, then pretrain RotNet briefly on the embedded image set
-#   make test         install (with dev tools), then lint and run the test suite
+#   make test         install (with dev tools), then lint, type-check and run the test suite
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -19,6 +19,7 @@ quickstart: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check visiontransfer tests benchmarks
 	$(BIN)/ruff format --check visiontransfer tests benchmarks
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)

@@ -94,8 +94,8 @@ def load_rgb(path: str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PIXELS)
                     )
                 image.seek(0)
                 image.load()
-                image = ImageOps.exif_transpose(image) or image
-                array = _to_rgb(image)
+                upright: Image.Image = ImageOps.exif_transpose(image) or image
+                array = _to_rgb(upright)
     except UnreadableImageError:
         raise
     except FileNotFoundError as error:

@@ -70,6 +70,7 @@ def stratified_subset(
         if samples_per_class is not None:
             count = min(samples_per_class, len(perm))
         else:
-            count = max(1, math.ceil(float(label_fraction) * len(perm) - 1e-9))
+            assert label_fraction is not None
+            count = max(1, math.ceil(label_fraction * len(perm) - 1e-9))
         chosen.append(perm[:count])
     return np.sort(np.concatenate(chosen))

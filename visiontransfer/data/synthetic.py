@@ -44,6 +44,7 @@ class SyntheticSample:
 
 def _polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, float]]:
     """Outline of a polygonal shape centred on (cx, cy) with half-size r (y grows downwards)."""
+    pts: list[tuple[float, float]]
     if shape == "square":
         pts = [(-1, -1), (1, -1), (1, 1), (-1, 1)]
     elif shape == "triangle":

@@ -71,6 +71,7 @@ class SimCLR(PretextModule):
         if self._trainer is None or self.trainer.world_size <= 1:
             return z
         gathered = self.all_gather(z, sync_grads=True)  # (world, B, D)
+        assert isinstance(gathered, Tensor)
         return gathered.reshape(-1, z.shape[-1])
 
     def _step(self, batch: dict[str, Any], stage: str) -> Tensor | None:

@@ -11,6 +11,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from visiontransfer.heads import MLPHead
@@ -209,11 +210,16 @@ class ImageClassifier(BackboneSystem):
         loss = F.cross_entropy(logits, labels)
         self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=images.shape[0], sync_dist=True)
         for name in ("top1", "top5"):
-            metric = self.metrics[f"{stage}_{name}"]
+            metric = self._metric(stage, name)
             metric(logits, labels)
             self.log(f"{stage}/{name}", metric, prog_bar=name == "top1", batch_size=images.shape[0])
-        self.metrics[f"{stage}_per_class"].update(logits, labels)
-        self.metrics[f"{stage}_confusion"].update(logits, labels)
+        self._metric(stage, "per_class").update(logits, labels)
+        self._metric(stage, "confusion").update(logits, labels)
+
+    def _metric(self, stage: str, name: str) -> Metric:
+        metric = self.metrics[f"{stage}_{name}"]
+        assert isinstance(metric, Metric)
+        return metric
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._evaluate(batch, "val")
@@ -222,8 +228,8 @@ class ImageClassifier(BackboneSystem):
         self._evaluate(batch, "test")
 
     def _epoch_report(self, stage: str) -> None:
-        per_class = self.metrics[f"{stage}_per_class"].compute()
-        confusion = self.metrics[f"{stage}_confusion"].compute()
+        per_class = self._metric(stage, "per_class").compute()
+        confusion = self._metric(stage, "confusion").compute()
         names = getattr(getattr(self.trainer, "datamodule", None), "classes", None) or [
             str(i) for i in range(self.num_classes)
         ]
@@ -232,8 +238,8 @@ class ImageClassifier(BackboneSystem):
                 self.log(f"test/acc_{name}", float(value))
         if self.trainer.is_global_zero:
             save_confusion_matrix(self, f"{stage}_confusion", confusion.cpu(), names)
-        self.metrics[f"{stage}_per_class"].reset()
-        self.metrics[f"{stage}_confusion"].reset()
+        self._metric(stage, "per_class").reset()
+        self._metric(stage, "confusion").reset()
 
     def on_validation_epoch_end(self) -> None:
         if not self.trainer.sanity_checking:
@@ -272,7 +278,7 @@ def save_confusion_matrix(
     if n <= 20:
         for i in range(n):
             for j in range(n):
-                ax.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=6)
+                ax.text(j, i, str(int(matrix[i, j])), ha="center", va="center", fontsize=6)
     fig.tight_layout()
     folder = os.path.join(log_dir, "images")
     os.makedirs(folder, exist_ok=True)
@@ -308,7 +314,7 @@ class PredictionWriter(L.Callback):
             self.rows.append((i, p, c))
 
     def on_predict_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        datamodule = trainer.datamodule
+        datamodule = getattr(trainer, "datamodule", None)
         dataset = getattr(datamodule, "datasets", {}).get("predict")
         paths = getattr(dataset, "paths", None)
         scenes = getattr(dataset, "scenes", None)

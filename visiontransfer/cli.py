@@ -52,18 +52,11 @@ def config_dir() -> Path:
     return packaged if packaged.is_dir() else Path(__file__).parent.parent / "configs"
 
 
-QUICKSTART_CONFIG = "pretrain/rotation_quickstart.yaml"
-
-
 def quickstart(args: list[str]) -> None:
-    """Pretrain RotNet briefly on the embedded default set and say where everything went."""
-    config = config_dir() / QUICKSTART_CONFIG
-    print(
-        "visiontransfer quickstart: rotation pretraining on the embedded procedural image set\n"
-        f"(same as: visiontransfer fit --config {config})",
-        flush=True,
-    )
-    VisionTransferCLI(args=["fit", "--config", str(config), *args])
+    """``visiontransfer quickstart``: pretrain → transfer → comparison with scratch (embedded data)."""
+    from visiontransfer.quickstart import main as quickstart_main
+
+    quickstart_main(args)
 
 
 def export(args: list[str]) -> None:

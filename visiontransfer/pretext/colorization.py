@@ -294,19 +294,6 @@ class Colorization(PretextModule):
             )
         return loss
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
-        return self._step(batch, "train")
-
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._step(batch, "val")
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._step(batch, "test")
-
-    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
-        """Pooled features of each image, with its dataset index."""
-        return {"index": batch["index"], "features": self.features(batch["image"])}
-
     # Colour prior -----------------------------------------------------------------------------
 
     def on_fit_start(self) -> None:

@@ -179,16 +179,3 @@ class ContrastivePatches(PretextModule):
         loss = cpc_loss(z, self.context(z), self.predictors)
         self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=images.shape[0], sync_dist=stage != "train")
         return loss
-
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
-        return self._step(batch, "train")
-
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._step(batch, "val")
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._step(batch, "test")
-
-    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
-        """Mean patch vector of each image, with its dataset index."""
-        return {"index": batch["index"], "features": self.features(batch["image"])}

@@ -1,4 +1,4 @@
-"""Callbacks that any module can use: a closing summary of where a run put its files."""
+"""The closing summary of a run: where it put its checkpoints and logs, and its last metrics."""
 
 from __future__ import annotations
 

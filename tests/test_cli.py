@@ -83,11 +83,9 @@ def test_missing_data_root_names_flag(tmp_path: Path) -> None:
 
 
 def test_quickstart_runs_and_reports(tmp_path: Path) -> None:
-    result = run_cli(
-        "quickstart", "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
-        "--trainer.limit_val_batches=1", "--model.backbone=resnet10t", "--data.synthetic_size=64",
-        cwd=tmp_path,
-    )  # fmt: skip
+    result = run_cli("quickstart", "--fast", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "pretrained" in result.stdout and "from scratch" in result.stdout
     assert "checkpoints:" in result.stdout and "logs:" in result.stdout
     assert (tmp_path / "runs" / "quickstart_rotation").is_dir()
+    assert (tmp_path / "runs" / "quickstart_transfer").is_dir()

@@ -31,7 +31,7 @@ def main(argv: list[str]) -> dict[str, float]:
     from visiontransfer.cli import config_dir
 
     parser = argparse.ArgumentParser(prog="visiontransfer quickstart", description=__doc__)
-    parser.add_argument("--backbone", default=None, help="timm model name (default: the configs' resnet18)")
+    parser.add_argument("--backbone", default=None, help="timm model name (default: the configs' resnet10t)")
     parser.add_argument("--pretrain-epochs", type=int, default=None, help="default: the pretext config's")
     parser.add_argument("--transfer-epochs", type=int, default=None, help="default: the transfer config's")
     parser.add_argument("--images", type=int, default=None, help="pretraining images of the embedded set")
@@ -57,7 +57,7 @@ def main(argv: list[str]) -> dict[str, float]:
     )
     ckpt, pre_metrics = _fit(config_dir() / PRETRAIN, pretrain)
     _, ours = _fit(config_dir() / TRANSFER, [f"--model.backbone={ckpt}", *transfer])
-    scratch_name = options.backbone or "resnet18"
+    scratch_name = options.backbone or "resnet10t"
     _, scratch = _fit(config_dir() / TRANSFER, [f"--model.backbone={scratch_name}", *transfer])
     result = {
         "pretrained": ours.get("test/top1", float("nan")),

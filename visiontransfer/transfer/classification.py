@@ -259,6 +259,8 @@ def save_confusion_matrix(
     module: L.LightningModule, tag: str, matrix: Tensor, names: list[str]
 ) -> str | None:
     """Render a confusion matrix (rows: true, columns: predicted) to PNG in the log folder."""
+    if module.trainer.logger is None:  # no logger, no log folder: don't write into the cwd
+        return None
     log_dir = getattr(module.trainer, "log_dir", None)
     if not log_dir:
         return None

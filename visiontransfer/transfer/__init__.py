@@ -1,5 +1,6 @@
-"""Transfer a backbone to downstream tasks: classification (detection follows)."""
+"""Transfer a backbone to downstream tasks: classification and object detection."""
 
 from visiontransfer.transfer.classification import ImageClassifier, PredictionWriter
+from visiontransfer.transfer.detection import DetectionWriter, ObjectDetector
 
-__all__ = ["ImageClassifier", "PredictionWriter"]
+__all__ = ["DetectionWriter", "ImageClassifier", "ObjectDetector", "PredictionWriter"]

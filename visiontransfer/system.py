@@ -121,6 +121,28 @@ class BackboneSystem(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
+def classes_from_data(module: L.LightningModule, configured: int | None) -> int | None:
+    """The class count a task module should build its head with at set-up.
+
+    Returns the datamodule's ``num_classes`` when ``configured`` is None (head not built yet),
+    else None after checking the two agree.
+
+    Raises:
+        ValueError: neither is known, or they disagree (naming ``--model.num_classes``).
+    """
+    data_classes = getattr(getattr(module.trainer, "datamodule", None), "num_classes", None)
+    if configured is None:
+        if data_classes is None:
+            raise ValueError("--model.num_classes is not set and the datamodule has no num_classes")
+        return int(data_classes)
+    if data_classes is not None and int(data_classes) != configured:
+        raise ValueError(
+            f"--model.num_classes={configured} but the data has {data_classes} classes; "
+            "drop --model.num_classes to take it from the data"
+        )
+    return None
+
+
 def is_backbone_file(backbone: str) -> bool:
     """Whether ``--model.backbone`` names a file or folder rather than a timm model."""
     return os.path.exists(backbone) or backbone.endswith((".ckpt", ".safetensors")) or os.sep in backbone

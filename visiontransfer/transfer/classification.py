@@ -15,7 +15,7 @@ from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from visiontransfer.heads import MLPHead
-from visiontransfer.system import BackboneSystem
+from visiontransfer.system import BackboneSystem, classes_from_data
 from visiontransfer.transfer.freezing import (
     BatchNormMode,
     backbone_stages,
@@ -116,17 +116,9 @@ class ImageClassifier(BackboneSystem):
         )
 
     def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        data_classes = getattr(datamodule, "num_classes", None)
-        if self.head is None:
-            if data_classes is None:
-                raise ValueError("--model.num_classes is not set and the datamodule has no num_classes")
-            self._build_head(int(data_classes))
-        elif data_classes is not None and int(data_classes) != self.num_classes:
-            raise ValueError(
-                f"--model.num_classes={self.num_classes} but the data has {data_classes} classes; "
-                "drop --model.num_classes to take it from the data"
-            )
+        num_classes = classes_from_data(self, None if self.head is None else self.num_classes)
+        if num_classes is not None:
+            self._build_head(num_classes)
 
     # -- freezing -------------------------------------------------------------------------------
     def _frozen_names(self, count: int) -> list[str]:

@@ -34,7 +34,7 @@ from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelMaxPool, LastLevelP6P7
 
 from visiontransfer.backbones import FeatureBackbone, normalization
-from visiontransfer.system import BackboneSystem
+from visiontransfer.system import BackboneSystem, classes_from_data
 from visiontransfer.transfer.freezing import (
     BatchNormMode,
     backbone_stages,
@@ -263,17 +263,10 @@ class ObjectDetector(BackboneSystem):
             self.hparams["min_size"], self.hparams["max_size"] = self.min_size, self.max_size
 
     def setup(self, stage: str) -> None:
+        num_classes = classes_from_data(self, None if self.detector is None else self.num_classes)
+        if num_classes is not None:
+            self._build(num_classes)
         datamodule = getattr(self.trainer, "datamodule", None)
-        data_classes = getattr(datamodule, "num_classes", None)
-        if self.detector is None:
-            if data_classes is None:
-                raise ValueError("--model.num_classes is not set and the datamodule has no num_classes")
-            self._build(int(data_classes))
-        elif data_classes is not None and int(data_classes) != self.num_classes:
-            raise ValueError(
-                f"--model.num_classes={self.num_classes} but the data has {data_classes} classes; "
-                "drop --model.num_classes to take it from the data"
-            )
         image_size = getattr(datamodule, "image_size", None)
         if image_size is not None:
             self._set_sizes(int(image_size))

@@ -26,6 +26,8 @@ import timm
 import torch
 from torch import nn
 
+from visiontransfer.errors import ConfigError
+
 STEM_POOL_NAMES = ("maxpool", "stem.pool", "stem.maxpool", "features.pool0")
 """Module names of a pooling layer that ends a timm stem."""
 
@@ -160,7 +162,7 @@ def create_backbone(
     kwargs = dict(backbone_kwargs or {})
     for reserved in ("num_classes", "in_chans", "pretrained", "features_only"):
         if reserved in kwargs:
-            raise ValueError(f"--model.backbone_kwargs must not set {reserved!r}; it has its own argument")
+            raise ConfigError(f"--model.backbone_kwargs must not set {reserved!r}; it has its own argument")
     model = timm.create_model(name, pretrained=pretrained, num_classes=0, in_chans=in_chans, **kwargs)
     factor = adapt_stem_for_small_images(model) if small_input_stem else 1
     model.stem_factor = factor  # type: ignore[assignment]

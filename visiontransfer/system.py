@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from visiontransfer.backbones import create_backbone, normalization
+from visiontransfer.errors import ConfigError
 
 
 class BackboneSystem(L.LightningModule):
@@ -53,9 +54,9 @@ class BackboneSystem(L.LightningModule):
     ) -> None:
         super().__init__()
         if lr <= 0:
-            raise ValueError(f"--model.lr={lr} must be > 0")
+            raise ConfigError(f"--model.lr={lr} must be > 0")
         if warmup_epochs < 0:
-            raise ValueError(f"--model.warmup_epochs={warmup_epochs} must be >= 0")
+            raise ConfigError(f"--model.warmup_epochs={warmup_epochs} must be >= 0")
         self.backbone, self.backbone_spec = resolve_backbone(
             backbone, pretrained, in_chans, small_input_stem, backbone_kwargs
         )
@@ -133,7 +134,7 @@ def classes_from_data(module: L.LightningModule, configured: int | None) -> int 
     data_classes = getattr(getattr(module.trainer, "datamodule", None), "num_classes", None)
     if configured is None:
         if data_classes is None:
-            raise ValueError("--model.num_classes is not set and the datamodule has no num_classes")
+            raise ConfigError("--model.num_classes is not set and the datamodule has no num_classes")
         return int(data_classes)
     if data_classes is not None and int(data_classes) != configured:
         raise ValueError(

@@ -25,6 +25,7 @@ from visiontransfer.data.decode import DEFAULT_MAX_PIXELS, UnreadableImageError,
 from visiontransfer.data.index import PathTable
 from visiontransfer.data.synthetic import SHAPES
 from visiontransfer.data.transforms import Augment, eval_transform, seed_transform, train_transform
+from visiontransfer.errors import ConfigError
 
 PROBE_FILES = 64
 """Files decoded at set-up to catch a folder with no readable image before training starts."""
@@ -49,7 +50,7 @@ def probe_readable(paths: PathTable, where: str, max_pixels: int = DEFAULT_MAX_P
         ValueError: naming ``where`` and the reasons, when no probed file is a readable image.
     """
     if len(paths) == 0:
-        raise ValueError(f"no image files found in {where}")
+        raise ConfigError(f"no image files found in {where}")
     picks = np.unique(np.linspace(0, len(paths) - 1, min(PROBE_FILES, len(paths))).astype(int))
     reasons = []
     for i in picks:
@@ -59,7 +60,7 @@ def probe_readable(paths: PathTable, where: str, max_pixels: int = DEFAULT_MAX_P
         except UnreadableImageError as error:
             reasons.append(f"{error.path}: {error.reason}")
     scope = "any" if len(picks) == len(paths) else f"any of {len(picks)} sampled"
-    raise ValueError(
+    raise ConfigError(
         f"no readable image in {where}: {scope} files failed to decode, e.g.\n  " + "\n  ".join(reasons[:3])
     )
 
@@ -81,9 +82,9 @@ class _ImageDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         if batch_size < 1:
-            raise ValueError(f"--data.batch_size={batch_size} must be >= 1")
+            raise ConfigError(f"--data.batch_size={batch_size} must be >= 1")
         if synthetic_size < 16:
-            raise ValueError(f"--data.synthetic_size={synthetic_size} must be >= 16")
+            raise ConfigError(f"--data.synthetic_size={synthetic_size} must be >= 16")
         self.image_size = image_size
         self.batch_size = batch_size
         self.augment: Augment = augment

@@ -20,6 +20,7 @@ from visiontransfer.data.index import PathTable, read_manifest, scan_class_folde
 from visiontransfer.data.subsets import stratified_split, stratified_subset
 from visiontransfer.data.synthetic import SHAPES
 from visiontransfer.data.transforms import Augment
+from visiontransfer.errors import ConfigError, MissingPathError
 
 SPLIT_DIRS = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
 """Sub-folder names recognised when ``root`` holds split folders rather than class folders."""
@@ -103,7 +104,7 @@ class ClassificationDataModule(_ImageDataModule):
             seed, max_pixels, synthetic_size,
         )  # fmt: skip
         if root is not None and manifest is not None:
-            raise ValueError("give --data.root or --data.manifest, not both")
+            raise ConfigError("give --data.root or --data.manifest, not both")
         # Fail on a bad budget now, not after indexing.
         stratified_subset(np.zeros(1, np.int64), samples_per_class, label_fraction)
         self.root = root
@@ -124,7 +125,7 @@ class ClassificationDataModule(_ImageDataModule):
         if self.root is None:
             return {"train": None, "val": None, "test": None}
         if not os.path.isdir(self.root):
-            raise FileNotFoundError(f"--data.root={self.root!r} does not exist or is not a folder")
+            raise MissingPathError(f"--data.root={self.root!r} does not exist or is not a folder")
         train = _find_split(self.root, "train")
         return {
             "train": train or self.root,
@@ -143,11 +144,11 @@ class ClassificationDataModule(_ImageDataModule):
                 try:
                     self._classes = scan_class_folders(train)[2]
                 except FileNotFoundError as error:
-                    raise FileNotFoundError(f"--data.root={self.root!r}: {error}") from None
+                    raise MissingPathError(f"--data.root={self.root!r}: {error}") from None
             else:
                 _, labels = read_manifest(train)
                 if labels is None:
-                    raise ValueError(f"--data.manifest={train!r} needs a 'label' column")
+                    raise ConfigError(f"--data.manifest={train!r} needs a 'label' column")
                 self._classes = _natural_sorted(set(labels))
         return self._classes
 
@@ -163,22 +164,22 @@ class ClassificationDataModule(_ImageDataModule):
             try:
                 rel, labels, names = scan_class_folders(source)
             except FileNotFoundError as error:
-                raise FileNotFoundError(f"{flag}={source!r}: {error}") from None
+                raise MissingPathError(f"{flag}={source!r}: {error}") from None
             table = PathTable(source, rel)
             label_names = [names[i] for i in labels]
         elif not os.path.isfile(source):
-            raise FileNotFoundError(
+            raise MissingPathError(
                 f"{flag}={source!r} does not exist: give a class-per-folder tree or a CSV manifest "
                 "with 'path' and 'label' columns"
             )
         else:
             paths, names_or_none = read_manifest(source)
             if names_or_none is None:
-                raise ValueError(f"{flag}={source!r}: the manifest needs a 'label' column")
+                raise ConfigError(f"{flag}={source!r}: the manifest needs a 'label' column")
             table, label_names = PathTable("", paths), names_or_none
         unknown = sorted(set(label_names) - set(index))
         if unknown:
-            raise ValueError(
+            raise ConfigError(
                 f"{flag}={source!r} has classes not in the training set: {unknown[:5]}; "
                 f"training classes are {self.classes[:10]}"
             )

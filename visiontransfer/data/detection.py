@@ -41,6 +41,7 @@ from visiontransfer.data.decode import DEFAULT_MAX_PIXELS, UnreadableImageError,
 from visiontransfer.data.index import PathTable, scan_images
 from visiontransfer.data.synthetic import SHAPES, render_scene
 from visiontransfer.data.transforms import seed_transform
+from visiontransfer.errors import ConfigError, MissingPathError
 
 AnnotationFormat = Literal["voc", "coco", "yolo"]
 """Annotation formats: Pascal VOC xml (one file per image), COCO json (one file), YOLO txt (one
@@ -569,7 +570,7 @@ def _bbox_params() -> A.BboxParams:
 def detection_eval_transform(image_size: int) -> A.Compose:
     """Resize the longest side to ``image_size`` (aspect ratio kept; boxes follow)."""
     if image_size < 32:
-        raise ValueError(f"--data.image_size={image_size} is too small for detection; use at least 32")
+        raise ConfigError(f"--data.image_size={image_size} is too small for detection; use at least 32")
     return A.Compose(
         [A.LongestMaxSize(max_size=image_size, interpolation=cv2.INTER_AREA)], bbox_params=_bbox_params()
     )
@@ -600,7 +601,7 @@ def detection_train_transform(image_size: int, augment: DetectionAugment = "stan
         colour = A.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.03, p=0.8)
         steps = [zoom, *resize, A.HorizontalFlip(p=0.5), colour]
     else:
-        raise ValueError(f"--data.augment={augment!r}: choose one of standard, flip, none")
+        raise ConfigError(f"--data.augment={augment!r}: choose one of standard, flip, none")
     return A.Compose(steps, bbox_params=_bbox_params())
 
 
@@ -742,7 +743,7 @@ class AspectRatioBatchSampler(BatchSampler):
             dataset = getattr(sampler, "dataset", None) or getattr(sampler, "data_source", None)
             group_ids = getattr(dataset, "group_ids", None)
         if group_ids is None:
-            raise ValueError(
+            raise ConfigError(
                 "AspectRatioBatchSampler needs group_ids (or a sampler over a dataset with them)"
             )
         self.group_ids = list(group_ids)
@@ -815,10 +816,10 @@ def select_records(records: list[DetectionRecord], split: str, flag: str) -> lis
         prefix = os.path.join(os.path.abspath(split), "")
         chosen = [r for r in records if os.path.abspath(r.path).startswith(prefix)]
         if not chosen:
-            raise ValueError(f"{flag}={split!r}: no annotated image lies under this folder")
+            raise ConfigError(f"{flag}={split!r}: no annotated image lies under this folder")
         return chosen
     if not os.path.isfile(split):
-        raise FileNotFoundError(f"{flag}={split!r} is neither a folder nor a CSV / text file of image names")
+        raise MissingPathError(f"{flag}={split!r} is neither a folder nor a CSV / text file of image names")
     by_name: dict[str, list[int]] = defaultdict(list)
     for i, record in enumerate(records):
         by_name[os.path.basename(record.path)].append(i)
@@ -835,7 +836,7 @@ def select_records(records: list[DetectionRecord], split: str, flag: str) -> lis
             missing.append(name)
         chosen_idx.extend(hits)
     if missing:
-        raise ValueError(
+        raise ConfigError(
             f"{flag}={split!r} names {len(missing)} image(s) with no annotation entry, e.g. {missing[:3]}; "
             "check --data.root / --data.images"
         )
@@ -911,11 +912,11 @@ class DetectionDataModule(_ImageDataModule):
             seed, max_pixels, synthetic_size,
         )  # fmt: skip
         if format not in ("voc", "coco", "yolo"):
-            raise ValueError(f"--data.format={format!r}: choose one of voc, coco, yolo")
+            raise ConfigError(f"--data.format={format!r}: choose one of voc, coco, yolo")
         if not 0 < val_fraction < 1:
-            raise ValueError(f"--data.val_fraction={val_fraction} must be in (0, 1)")
+            raise ConfigError(f"--data.val_fraction={val_fraction} must be in (0, 1)")
         if classes is not None and len(set(classes)) != len(classes):
-            raise ValueError(f"--data.classes={classes} lists a class twice")
+            raise ConfigError(f"--data.classes={classes} lists a class twice")
         self.root, self.format, self.images, self.annotations = root, format, images, annotations
         self.train_split, self.val_split, self.test_split = train_split, val_split, test_split
         self.val_fraction = val_fraction
@@ -938,9 +939,9 @@ class DetectionDataModule(_ImageDataModule):
         """``(annotations, images)`` locations for the format, from the arguments or ``root``."""
         root = self.root or ""
         if self.root is not None and not os.path.isdir(self.root):
-            raise FileNotFoundError(f"--data.root={self.root!r} does not exist or is not a folder")
+            raise MissingPathError(f"--data.root={self.root!r} does not exist or is not a folder")
         if self.root is None and self.images is None:
-            raise ValueError("--data.annotations without --data.root needs --data.images (the image folder)")
+            raise ConfigError("--data.annotations without --data.root needs --data.images (the image folder)")
         images = (
             self.images or _first_existing(*(os.path.join(root, d) for d in ("images", "JPEGImages"))) or root
         )
@@ -956,7 +957,7 @@ class DetectionDataModule(_ImageDataModule):
         else:
             found = _first_existing(os.path.join(root, "labels")) or ""
         if found is None or (found and not os.path.exists(found)):
-            raise FileNotFoundError(
+            raise MissingPathError(
                 f"no {self.format} annotations found for --data.root={self.root!r} "
                 f"(--data.format={self.format}); point --data.annotations at them"
             )
@@ -973,7 +974,7 @@ class DetectionDataModule(_ImageDataModule):
             else:
                 self._data = read_yolo(images, found or None, self.class_filter)
             if not self._data.records:
-                raise ValueError(f"no images in the {self.format} annotations of --data.root={self.root!r}")
+                raise ConfigError(f"no images in the {self.format} annotations of --data.root={self.root!r}")
         return self._data
 
     @property
@@ -1022,7 +1023,7 @@ class DetectionDataModule(_ImageDataModule):
             pick["val"], pick["train"] = [pool[i] for i in order[:n_val]], [pool[i] for i in order[n_val:]]
         pick.setdefault("train", [r for r in records if id(r) not in {id(v) for v in pick["val"]}])
         if not pick["train"]:
-            raise ValueError("no training images left after the validation / test splits")
+            raise ConfigError("no training images left after the validation / test splits")
         return pick
 
     def setup(self, stage: str) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from visiontransfer.data.decode import IMAGE_EXTENSIONS
+from visiontransfer.errors import ConfigError
 
 
 class PathTable(Sequence[str]):
@@ -185,7 +186,7 @@ def read_manifest(path: str | os.PathLike[str]) -> tuple[list[str], list[str] | 
             reader = csv.DictReader(handle)
             fields = reader.fieldnames or []
             if "path" not in fields:
-                raise ValueError(
+                raise ConfigError(
                     f"{manifest}:1: CSV manifest needs a header with a 'path' column "
                     f"(and optionally 'label'), got {fields}"
                 )
@@ -193,12 +194,12 @@ def read_manifest(path: str | os.PathLike[str]) -> tuple[list[str], list[str] | 
             for row in reader:
                 value = (row.get("path") or "").strip()
                 if not value:
-                    raise ValueError(f"{manifest}:{reader.line_num}: empty 'path'")
+                    raise ConfigError(f"{manifest}:{reader.line_num}: empty 'path'")
                 paths.append(str(base / value))
                 if with_labels:
                     label = (row.get("label") or "").strip()
                     if not label:
-                        raise ValueError(f"{manifest}:{reader.line_num}: empty 'label'")
+                        raise ConfigError(f"{manifest}:{reader.line_num}: empty 'label'")
                     labels.append(label)
             result_labels = labels if with_labels else None
         else:
@@ -208,5 +209,5 @@ def read_manifest(path: str | os.PathLike[str]) -> tuple[list[str], list[str] | 
                     paths.append(str(base / value))
             result_labels = None
     if not paths:
-        raise ValueError(f"manifest {str(manifest)!r} lists no image paths")
+        raise ConfigError(f"manifest {str(manifest)!r} lists no image paths")
     return paths, result_labels

@@ -9,6 +9,7 @@ from visiontransfer.data.decode import DEFAULT_MAX_PIXELS
 from visiontransfer.data.index import PathTable, read_manifest, scan_images
 from visiontransfer.data.subsets import stratified_split
 from visiontransfer.data.transforms import Augment
+from visiontransfer.errors import ConfigError, MissingPathError
 
 
 class PretrainDataModule(_ImageDataModule):
@@ -54,7 +55,7 @@ class PretrainDataModule(_ImageDataModule):
             seed, max_pixels, synthetic_size,
         )  # fmt: skip
         if root is not None and manifest is not None:
-            raise ValueError("give --data.root or --data.manifest, not both")
+            raise ConfigError("give --data.root or --data.manifest, not both")
         self.root = root
         self.manifest = manifest
         self.val_fraction = val_fraction
@@ -70,7 +71,7 @@ class PretrainDataModule(_ImageDataModule):
         try:
             return PathTable(self.root, scan_images(self.root)), where
         except FileNotFoundError as error:
-            raise FileNotFoundError(f"{where}: {error}") from None
+            raise MissingPathError(f"{where}: {error}") from None
 
     def setup(self, stage: str) -> None:
         if self.datasets:

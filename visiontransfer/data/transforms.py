@@ -14,6 +14,8 @@ import albumentations as A
 import cv2
 import numpy as np
 
+from visiontransfer.errors import ConfigError
+
 Augment = Literal["crop_flip", "flip", "none"]
 """Training presets: ``crop_flip`` (random crop and horizontal flip: padded crop up to 64 px,
 random-resized crop above), ``flip`` (resize, centre crop, horizontal flip), ``none`` (as eval)."""
@@ -42,7 +44,7 @@ def train_transform(image_size: int, augment: Augment = "crop_flip") -> A.Compos
     if augment == "flip":
         return A.Compose([*eval_transform(image_size).transforms, A.HorizontalFlip(p=0.5)])
     if augment != "crop_flip":
-        raise ValueError(f"--data.augment={augment!r}: choose one of crop_flip, flip, none")
+        raise ConfigError(f"--data.augment={augment!r}: choose one of crop_flip, flip, none")
     if image_size <= SMALL_IMAGE_MAX:
         pad = image_size + image_size // 8
         steps = [
@@ -62,4 +64,4 @@ def seed_transform(transform: A.Compose, seed: int) -> None:
 
 def _check_size(image_size: int) -> None:
     if image_size < 8:
-        raise ValueError(f"--data.image_size={image_size} is too small; use at least 8 pixels")
+        raise ConfigError(f"--data.image_size={image_size} is too small; use at least 8 pixels")

@@ -12,6 +12,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
 from visiontransfer.backbones import FeatureBackbone
+from visiontransfer.errors import ConfigError
 from visiontransfer.imagelog import log_image_grid
 from visiontransfer.losses import AB_LOSS_SCALE, colorization_class_loss, colorization_regression_loss
 from visiontransfer.pretext.base import PretextModule
@@ -71,7 +72,7 @@ class ColorizationDecoder(nn.Module):
                 f"need one reduction per level, got channels {channels}, reductions {reductions}"
             )
         if width < 8 or out_channels < 1:
-            raise ValueError(f"--model.decoder_width={width} must be >= 8 (and out_channels >= 1)")
+            raise ConfigError(f"--model.decoder_width={width} must be >= 8 (and out_channels >= 1)")
         self.output_stride = output_stride
         self.laterals = nn.ModuleList(nn.Conv2d(c, width, 1) for c in channels)
         self.smooths = nn.ModuleList(_conv_bn_relu(width, width) for _ in channels)
@@ -191,11 +192,11 @@ class Colorization(PretextModule):
             output_stride, log_images_every_n_epochs,
         )  # fmt: skip
         if kwargs.pop("in_chans", 1) != 1:
-            raise ValueError("--model.in_chans must be 1 (or unset): the colorization backbone sees only L")
+            raise ConfigError("--model.in_chans must be 1 (or unset): the colorization backbone sees only L")
         super().__init__(in_chans=1, **kwargs)
         centers = ab_bin_centers(grid_size)  # (Q, 2)
         if soft_k > centers.shape[0]:
-            raise ValueError(f"--model.soft_k={soft_k} must be <= {centers.shape[0]} (the number of bins)")
+            raise ConfigError(f"--model.soft_k={soft_k} must be <= {centers.shape[0]} (the number of bins)")
         self.loss_type = loss
         self.soft_k = soft_k
         self.soft_sigma = soft_sigma

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from timm.layers import LayerNorm2d
 from torch import Tensor, nn
 
+from visiontransfer.errors import ConfigError
 from visiontransfer.losses import info_nce
 from visiontransfer.pretext.augment import color_jitter, random_grayscale, random_hflip
 from visiontransfer.pretext.base import PretextModule
@@ -137,7 +138,7 @@ class ContrastivePatches(PretextModule):
         super().__init__(**kwargs)
         patch_grid_size(patch_size, patch_size, patch_stride)
         if prediction_steps < 1:
-            raise ValueError(f"--model.prediction_steps={prediction_steps} must be >= 1")
+            raise ConfigError(f"--model.prediction_steps={prediction_steps} must be >= 1")
         self.patch_size = patch_size
         self.patch_stride = patch_stride
         self.augment_patches = augment_patches

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from visiontransfer.errors import ConfigError
+
 EPSILON = 216.0 / 24389.0
 """CIE ``epsilon``: below this ``Y/Yn`` the Lab ``f`` is linear."""
 KAPPA = 24389.0 / 27.0
@@ -193,9 +195,9 @@ def soft_encode(ab: Tensor, centers: Tensor, k: int = 5, sigma: float = 5.0, chu
     """
     flat = _flat_ab(ab, centers, "soft_encode")
     if not 1 <= k <= centers.shape[0]:
-        raise ValueError(f"--model.soft_k={k} must be in 1..{centers.shape[0]} (the number of bins)")
+        raise ConfigError(f"--model.soft_k={k} must be in 1..{centers.shape[0]} (the number of bins)")
     if sigma <= 0:
-        raise ValueError(f"--model.soft_sigma={sigma} must be > 0 (ab units; the paper uses 5)")
+        raise ConfigError(f"--model.soft_sigma={sigma} must be > 0 (ab units; the paper uses 5)")
     out = flat.new_zeros(flat.shape[0], centers.shape[0])  # (B·H·W, Q)
     for start in range(0, flat.shape[0], chunk):
         dist, idx = _pairwise_sq_dist(flat[start : start + chunk], centers).topk(k, dim=1, largest=False)
@@ -234,7 +236,7 @@ def rebalance_weights(prior: Tensor, lam: float = 0.5) -> Tensor:
     if prior.ndim != 1 or prior.numel() == 0:
         raise ValueError(f"prior must be a non-empty (Q,) tensor, got shape {tuple(prior.shape)}")
     if not 0.0 <= lam <= 1.0:
-        raise ValueError(f"--model.rebalance_lambda={lam} must be in [0, 1] (the paper uses 0.5)")
+        raise ConfigError(f"--model.rebalance_lambda={lam} must be in [0, 1] (the paper uses 0.5)")
     if (prior < 0).any() or prior.sum() <= 0:
         raise ValueError("prior must be non-negative with a positive sum")
     p = prior / prior.sum()
@@ -253,7 +255,7 @@ def annealed_mean(logits: Tensor, centers: Tensor, temperature: float = 0.38) ->
             f"annealed_mean needs (B, Q, H, W) logits with Q = {centers.shape[0]}, got {tuple(logits.shape)}"
         )
     if temperature <= 0:
-        raise ValueError(f"--model.temperature={temperature} must be > 0 (the paper uses 0.38)")
+        raise ConfigError(f"--model.temperature={temperature} must be > 0 (the paper uses 0.38)")
     with torch.autocast(logits.device.type, enabled=False):  # full precision under mixed precision
         probs = F.softmax(logits.float() / temperature, dim=1)  # (B, Q, H, W)
         return torch.einsum("bqhw,qc->bchw", probs, centers.float())

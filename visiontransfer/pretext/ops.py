@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from visiontransfer.errors import ConfigError
+
 ALLOWED_ROTATIONS = (0, 90, 180, 270)
 
 
@@ -48,7 +50,7 @@ def rotate_batch(images: Tensor, rotations: Sequence[int] = ALLOWED_ROTATIONS) -
 def patch_grid_size(image_size: int, patch_size: int, stride: int) -> int:
     """Patches per side when cutting ``image_size`` pixels into ``patch_size`` patches every ``stride``."""
     if patch_size < 1 or stride < 1:
-        raise ValueError(f"--model.patch_size={patch_size} and --model.patch_stride={stride} must be >= 1")
+        raise ConfigError(f"--model.patch_size={patch_size} and --model.patch_stride={stride} must be >= 1")
     if patch_size > image_size:
         raise ValueError(
             f"--model.patch_size={patch_size} is larger than the {image_size}-px images; "

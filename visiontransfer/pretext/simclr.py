@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from visiontransfer.errors import ConfigError
 from visiontransfer.heads import MLPHead
 from visiontransfer.losses import nt_xent
 from visiontransfer.pretext.augment import simclr_view
@@ -45,9 +46,9 @@ class SimCLR(PretextModule):
     ) -> None:
         super().__init__(**kwargs)
         if temperature <= 0:
-            raise ValueError(f"--model.temperature={temperature} must be > 0")
+            raise ConfigError(f"--model.temperature={temperature} must be > 0")
         if not 0 < crop_scale_min <= 1:
-            raise ValueError(f"--model.crop_scale_min={crop_scale_min} must be in (0, 1]")
+            raise ConfigError(f"--model.crop_scale_min={crop_scale_min} must be in (0, 1]")
         self.projection = MLPHead(self.num_features, projection_dim, projection_hidden_dim)
         self.temperature = temperature
         self.crop_scale = (crop_scale_min, 1.0)

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
+from visiontransfer.errors import ConfigError
 from visiontransfer.heads import MLPHead
 from visiontransfer.system import BackboneSystem, classes_from_data
 from visiontransfer.transfer.freezing import (
@@ -76,7 +77,7 @@ class ImageClassifier(BackboneSystem):
                 f"(this backbone has {len(self.stages)} stages, stem included)"
             )
         if unfreeze_every_n_epochs < 0:
-            raise ValueError(f"--model.unfreeze_every_n_epochs={unfreeze_every_n_epochs} must be >= 0")
+            raise ConfigError(f"--model.unfreeze_every_n_epochs={unfreeze_every_n_epochs} must be >= 0")
         self.layer_scales = layer_decay_scales(len(self.stages), layer_decay)
         self.strategy = strategy
         self.frozen_stages = len(self.stages) if strategy == "linear_probe" else frozen_stages
@@ -96,7 +97,7 @@ class ImageClassifier(BackboneSystem):
     # -- head and metrics -----------------------------------------------------------------------
     def _build_head(self, num_classes: int) -> None:
         if num_classes < 2:
-            raise ValueError(f"--model.num_classes={num_classes} must be >= 2")
+            raise ConfigError(f"--model.num_classes={num_classes} must be >= 2")
         hidden = self.head_hidden_dim if self.head_kind == "mlp" else 0
         self.head = MLPHead(self.num_features, num_classes, hidden, self.dropout)
         self.num_classes = num_classes

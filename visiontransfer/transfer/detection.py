@@ -34,6 +34,7 @@ from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelMaxPool, LastLevelP6P7
 
 from visiontransfer.backbones import FeatureBackbone, normalization
+from visiontransfer.errors import ConfigError
 from visiontransfer.system import BackboneSystem, classes_from_data
 from visiontransfer.transfer.freezing import (
     BatchNormMode,
@@ -198,15 +199,15 @@ class ObjectDetector(BackboneSystem):
         detector: str, fpn_channels: int, anchor_scale: float | None, aspect_ratios: tuple[float, ...]
     ) -> None:
         if detector not in DEFAULT_LEVELS:
-            raise ValueError(f"--model.detector={detector!r}: choose one of {', '.join(DEFAULT_LEVELS)}")
+            raise ConfigError(f"--model.detector={detector!r}: choose one of {', '.join(DEFAULT_LEVELS)}")
         if fpn_channels < 1:
-            raise ValueError(f"--model.fpn_channels={fpn_channels} must be >= 1")
+            raise ConfigError(f"--model.fpn_channels={fpn_channels} must be >= 1")
         if anchor_scale is not None and anchor_scale <= 0:
-            raise ValueError(f"--model.anchor_scale={anchor_scale} must be > 0")
+            raise ConfigError(f"--model.anchor_scale={anchor_scale} must be > 0")
         if detector == "fcos" and anchor_scale not in (None, 1.0):
-            raise ValueError("--model.anchor_scale does not apply to FCOS (its locations have size = stride)")
+            raise ConfigError("--model.anchor_scale does not apply to FCOS (its locations have size stride)")
         if not aspect_ratios or any(r <= 0 for r in aspect_ratios):
-            raise ValueError(f"--model.aspect_ratios={aspect_ratios} must be positive numbers")
+            raise ConfigError(f"--model.aspect_ratios={aspect_ratios} must be positive numbers")
 
     # -- building -------------------------------------------------------------------------------
     def _anchors(self, strides: list[int]) -> AnchorGenerator:
@@ -220,7 +221,7 @@ class ObjectDetector(BackboneSystem):
     def _build(self, num_classes: int) -> None:
         """Build the pyramid, the anchors and the torchvision detector for ``num_classes`` classes."""
         if num_classes < 1:
-            raise ValueError(f"--model.num_classes={num_classes} must be >= 1 (the background not counted)")
+            raise ConfigError(f"--model.num_classes={num_classes} must be >= 1 (the background not counted)")
         levels = DEFAULT_LEVELS[self.detector_name]
         info = len(getattr(self.backbone, "feature_info", []))
         out_indices = self.out_indices or tuple(range(max(0, info - levels), info))

@@ -23,6 +23,7 @@ from visiontransfer.data.datasets import (
 )
 from visiontransfer.data.decode import DEFAULT_MAX_PIXELS, UnreadableImageError, load_rgb
 from visiontransfer.data.index import PathTable
+from visiontransfer.data.sampling import ResumableLoader, ResumableSampler
 from visiontransfer.data.synthetic import SHAPES
 from visiontransfer.data.transforms import Augment, eval_transform, seed_transform, train_transform
 from visiontransfer.errors import ConfigError
@@ -113,17 +114,24 @@ class _ImageDataModule(L.LightningDataModule):
             )
         dataset = self.datasets[split]
         workers = self.num_workers
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=train,
-            drop_last=train and len(dataset) > self.batch_size,  # type: ignore[arg-type]
-            num_workers=workers,
-            pin_memory=self.pin_memory and torch.cuda.is_available(),
-            persistent_workers=self.persistent_workers and workers > 0,
-            collate_fn=collate_samples,
-            worker_init_fn=_seed_worker,
+        options: dict[str, Any] = {
+            "num_workers": workers,
+            "pin_memory": self.pin_memory and torch.cuda.is_available(),
+            "persistent_workers": self.persistent_workers and workers > 0,
+            "collate_fn": collate_samples,
+            "worker_init_fn": _seed_worker,
+        }
+        if not train:
+            return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, **options)
+        trainer = getattr(self, "_trainer", None)
+        sampler = ResumableSampler(
+            dataset,  # type: ignore[arg-type]
+            num_replicas=trainer.world_size if trainer is not None else 1,
+            rank=trainer.global_rank if trainer is not None else 0,
+            seed=self.seed,
         )
+        drop_last = sampler.num_samples > self.batch_size
+        return ResumableLoader(dataset, sampler, self.batch_size, drop_last=drop_last, **options)
 
     def train_dataloader(self) -> DataLoader[Any]:
         return self._loader("train", train=True)

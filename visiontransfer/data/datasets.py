@@ -1,6 +1,8 @@
 """Map-style datasets over image files and over the embedded set, and the batch collation.
 
-A sample is a dict ``{"image": (3, H, W) uint8 tensor, "label": int, "index": int}``. A file that
+A sample is a dict ``{"image": (3, H, W) uint8 tensor, "label": int, "index": int}``. Keys are
+dataset indices, or ``(index, seed)`` pairs from :class:`~visiontransfer.data.sampling.ResumableSampler`
+that also seed the sample's augmentation. A file that
 can't be decoded does not crash the epoch: its slot holds a :class:`Skipped` record instead, the
 collate function drops it and carries the path and reason in ``batch["skipped"]``, and the
 datamodule counts them (see :class:`SkipLog`).
@@ -19,7 +21,9 @@ from torch.utils.data import Dataset
 
 from visiontransfer.data.decode import DEFAULT_MAX_PIXELS, UnreadableImageError, load_rgb
 from visiontransfer.data.index import PathTable
+from visiontransfer.data.sampling import SeededIndex
 from visiontransfer.data.synthetic import render_scene, scene_label
+from visiontransfer.data.transforms import seed_transform
 
 Sample = dict[str, Any]
 
@@ -30,6 +34,15 @@ class Skipped:
 
     path: str
     reason: str
+
+
+def _reseed(transform: A.Compose, key: int | SeededIndex) -> int:
+    """The dataset index of ``key``; a ``(index, seed)`` key also reseeds the augmentation."""
+    if isinstance(key, tuple):
+        index, seed = key
+        seed_transform(transform, seed)
+        return int(index)
+    return int(key)
 
 
 def to_chw_tensor(image: np.ndarray) -> torch.Tensor:
@@ -64,7 +77,8 @@ class ImageFileDataset(Dataset[Sample | Skipped]):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> Sample | Skipped:
+    def __getitem__(self, key: int | SeededIndex) -> Sample | Skipped:
+        index = _reseed(self.transform, key)
         path = self.paths[index]
         try:
             image = load_rgb(path, self.max_pixels)
@@ -106,7 +120,8 @@ class SyntheticDataset(Dataset[Sample]):
     def __len__(self) -> int:
         return len(self.scenes)
 
-    def __getitem__(self, index: int) -> Sample:
+    def __getitem__(self, key: int | SeededIndex) -> Sample:
+        index = _reseed(self.transform, key)
         scene = render_scene(int(self.scenes[index]), self.image_size, self.num_classes, self.seed)
         image = self.transform(image=scene.image)["image"]
         return {"image": to_chw_tensor(image), "label": scene.label, "index": index}

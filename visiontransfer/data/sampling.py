@@ -1,0 +1,112 @@
+"""Training order that survives a kill: a seeded, per-rank sampler and a DataLoader with state.
+
+Lightning restores model, optimizer and loop counters from a checkpoint, but a plain DataLoader
+starts its epoch again from the first batch (and Lightning re-creates the iterator with the
+sampler's epoch still at 0). :class:`ResumableLoader` implements Lightning's ``state_dict`` /
+``load_state_dict`` protocol for data loaders, so a run resumed from a mid-epoch checkpoint
+sees exactly the batches the interrupted run had not seen yet, in the same order.
+
+Each sample also carries its own augmentation seed, drawn from ``(seed, epoch, index)``: what
+an image looks like in an epoch does not depend on the number of workers or processes, or on
+where a run was resumed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sized
+from typing import Any
+
+import numpy as np
+from torch.utils.data import DataLoader, DistributedSampler
+
+SeededIndex = tuple[int, int]
+"""What :class:`ResumableSampler` yields: ``(dataset index, augmentation seed)``."""
+
+
+class ResumableSampler(DistributedSampler):  # type: ignore[type-arg]
+    """A seeded shuffle of the dataset, split across ranks, that can start mid-epoch.
+
+    A subclass of ``DistributedSampler`` so that Lightning keeps it under DDP instead of wrapping
+    it: each of ``num_replicas`` ranks takes every ``num_replicas``-th sample of the epoch's
+    permutation (padded by repetition, or cut with ``drop_last``, to a multiple of the ranks).
+
+    Args:
+        dataset: The dataset (only its length is used).
+        num_replicas: Number of processes sharing the epoch (Lightning's ``trainer.world_size``).
+        rank: This process's rank (``trainer.global_rank``).
+        shuffle: Permute the samples each epoch (else dataset order).
+        seed: Seed of the permutations and of the per-sample augmentation seeds.
+        drop_last: Cut the epoch to a multiple of the ranks instead of padding it.
+    """
+
+    def __init__(
+        self,
+        dataset: Sized,
+        num_replicas: int = 1,
+        rank: int = 0,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+    ) -> None:
+        super().__init__(
+            dataset,  # type: ignore[arg-type]
+            num_replicas=num_replicas,
+            rank=rank,
+            shuffle=shuffle,
+            seed=seed,
+            drop_last=drop_last,
+        )
+        self.start = 0
+        """Samples of this rank's share to skip at the next ``__iter__`` (then reset to 0)."""
+
+    def epoch_order(self) -> tuple[np.ndarray, np.ndarray]:
+        """This rank's dataset indices for the current epoch, and the seed of every dataset index."""
+        n = len(self.dataset)  # type: ignore[arg-type]
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(n) if self.shuffle else np.arange(n)
+        seeds = rng.integers(0, 2**31 - 1, size=n)  # by dataset index: independent of the ranks
+        if self.drop_last:
+            order = order[: self.total_size]
+        elif self.total_size > n:
+            order = np.concatenate([order, np.resize(order, self.total_size - n)])
+        return order[self.rank : self.total_size : self.num_replicas], seeds
+
+    def __iter__(self) -> Iterator[SeededIndex]:  # type: ignore[override]
+        mine, seeds = self.epoch_order()
+        start, self.start = self.start, 0
+        for index in mine[start:]:
+            yield int(index), int(seeds[index])
+
+
+class ResumableLoader(DataLoader):  # type: ignore[type-arg]
+    """A DataLoader over a :class:`ResumableSampler` whose position is saved in checkpoints.
+
+    ``state_dict`` records the epoch and how many batches of it were handed out; Lightning saves
+    it with the loop state and calls ``load_state_dict`` before iterating again. Batches are
+    counted as they are yielded, which matches the batches trained on because Lightning does
+    not prefetch from loaders of known length.
+    """
+
+    def __init__(self, dataset: Any, sampler: ResumableSampler, batch_size: int, **kwargs: Any) -> None:
+        super().__init__(dataset, batch_size=batch_size, sampler=sampler, **kwargs)
+        self.resumable_sampler = sampler
+        self._batches_done = 0
+
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        skipped = self.resumable_sampler.start // self.batch_size  # type: ignore[operator]
+        self._batches_done = skipped
+        for batch in super().__iter__():
+            self._batches_done += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        """Position in the training order: epoch and batches done in it."""
+        return {"epoch": int(self.resumable_sampler.epoch), "batches_done": self._batches_done}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Continue after the last batch done (or with the next epoch, if the epoch was complete)."""
+        epoch, done = int(state["epoch"]), int(state["batches_done"])
+        if done >= len(self):
+            epoch, done = epoch + 1, 0
+        self.resumable_sampler.set_epoch(epoch)
+        self.resumable_sampler.start = done * self.batch_size  # type: ignore[operator]

@@ -3,11 +3,13 @@
 
     python benchmarks/transfer_cifar10.py --backbone runs/bench_pretext/rotation.ckpt
 
-Every cell trains ``visiontransfer.transfer.ImageClassifier`` with Lightning on real CIFAR-10
-files (stratified, seeded label subsets; 10% of the training images held out for validation)
-and reports top-1 on ``--test-images`` test images. The random-init baseline is the same
-architecture and stem, read from the checkpoint. Prints a Markdown table and writes
-``transfer_results.json`` under ``--out``.
+A thin wrapper over :mod:`visiontransfer.report` (``visiontransfer report`` with CIFAR-10
+defaults): every cell trains ``visiontransfer.transfer.ImageClassifier`` with Lightning on real
+CIFAR-10 files (stratified, seeded label subsets; 10% of the training images held out for
+validation) and reports top-1 on a stratified subset of ``--test-images`` test images. The
+random-init baseline is the same architecture and stem, read from the checkpoint. Prints a
+Markdown table and writes ``transfer_results.json``, ``report.md``, ``report.png`` and
+``cells.jsonl`` under ``--out``; a rerun with the same settings reuses the finished cells.
 """
 
 from __future__ import annotations
@@ -18,100 +20,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import lightning as L
-import numpy as np
-import torch
-
-from visiontransfer.data import ClassificationDataModule
-from visiontransfer.export import backbone_spec, read_checkpoint
-from visiontransfer.transfer import ImageClassifier
+from visiontransfer import report
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10"
-RECIPES = {
-    "linear_probe": {"strategy": "linear_probe", "lr": 1e-2, "weight_decay": 0.0, "warmup_epochs": 0},
-    "finetune": {"strategy": "finetune", "lr": 1e-3, "weight_decay": 0.05, "warmup_epochs": 1},
-}
-
-
-def epochs_for(fraction: float, base: int) -> int:
-    """Fewer epochs for more labels, so each cell gets a comparable number of steps (at least 2)."""
-    return max(2, round(base / (fraction * 100) ** 0.5))
-
-
-def run_cell(
-    source: str, spec: dict[str, Any], recipe: str, fraction: float, args: argparse.Namespace
-) -> float:
-    """Train one (backbone, recipe, label fraction) cell; return test top-1."""
-    L.seed_everything(args.seed)
-    same_arch: dict[str, Any] = {}
-    if source == spec["architecture"]:  # random init: rebuild the pretrained network's exact form
-        same_arch = {
-            "small_input_stem": spec["small_input_stem"],
-            "in_chans": spec.get("in_chans", 3),
-            "backbone_kwargs": spec.get("backbone_kwargs") or None,
-        }
-    model = ImageClassifier(backbone=source, **same_arch, **RECIPES[recipe])
-    data = ClassificationDataModule(
-        root=str(args.data), label_fraction=fraction, image_size=32, batch_size=args.batch_size,
-        num_workers=args.workers, seed=args.seed, augment="crop_flip",
-    )  # fmt: skip
-    trainer = L.Trainer(
-        max_epochs=epochs_for(fraction, args.base_epochs), precision=args.precision, logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        limit_val_batches=0, limit_test_batches=args.test_images // args.batch_size,
-    )  # fmt: skip
-    trainer.fit(model, data)
-    return float(trainer.test(model, data, verbose=False)[0]["test/top1"])
-
-
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--backbone", required=True, help="pretext checkpoint (.ckpt) or export folder")
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.1, 1.0])
-    parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
-    parser.add_argument("--base-epochs", type=int, default=30, help="epochs at 1%% labels; fewer for more")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--test-images", type=int, default=2048)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--precision", default="32-true")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path("runs/bench_transfer"))
-    args = parser.parse_args(argv)
-    if not (args.data / "train").is_dir():
-        sys.exit(f"CIFAR-10 not found at {args.data}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    spec = backbone_spec(read_checkpoint(args.backbone)) if args.backbone.endswith(".ckpt") else None
-    if spec is None:
-        config = json.loads((Path(args.backbone) / "config.json").read_text())
-        spec = {
-            "architecture": config["architecture"],
-            "small_input_stem": config["visiontransfer"]["small_input_stem"],
-            "in_chans": config["model_args"].get("in_chans", 3),
-            "backbone_kwargs": {k: v for k, v in config["model_args"].items() if k != "in_chans"},
-        }
-    sources = {"pretrained": args.backbone, "random init": spec["architecture"]}
-    table: dict[str, dict[str, float]] = {}
-    for recipe in args.recipes:
-        for name, source in sources.items():
-            row = f"{recipe} / {name}"
-            table[row] = {}
-            for fraction in args.fractions:
-                table[row][f"{fraction:.0%}"] = run_cell(source, spec, recipe, fraction, args)
-                print(f"{row} @ {fraction:.0%}: {table[row][f'{fraction:.0%}']:.3f}", flush=True)
-    print_table(table, args.fractions)
-    (args.out / "transfer_results.json").write_text(
-        json.dumps(
-            {"args": vars(args) | {"data": str(args.data), "out": str(args.out)}, "top1": table}, indent=2
-        )
-    )
-    return table
+NAMES = {True: "pretrained", False: "random init"}
 
 
 def print_table(table: dict[str, dict[str, float]], fractions: list[float]) -> None:
-    heads = [f"{f:.0%}" for f in fractions]
+    """Markdown table: one row per ``recipe / backbone``, top-1 (mean over seeds) per fraction."""
+    heads = [report.percent(f) for f in fractions]
     lines = ["| recipe / backbone | " + " | ".join(f"top-1 @ {h} labels" for h in heads) + " |"]
     lines.append("| --- |" + " --- |" * len(heads))
     for row, cells in table.items():
@@ -119,7 +36,51 @@ def print_table(table: dict[str, dict[str, float]], fractions: list[float]) -> N
     print("\n".join(lines), flush=True)
 
 
+def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--backbone", required=True, help="pretext checkpoint (.ckpt) or export folder")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.1, 1.0])
+    parser.add_argument("--recipes", nargs="+", default=list(report.RECIPES), choices=list(report.RECIPES))
+    parser.add_argument("--base-epochs", type=int, default=30, help="epochs at 1%% labels; fewer for more")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--test-images", type=int, default=2048)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--precision", default="32-true")
+    parser.add_argument("--seed", type=int, nargs="+", default=[0], help="one or more seeds (default 0)")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench_transfer"))
+    args = parser.parse_args(argv)
+    if not (args.data / "train").is_dir():
+        sys.exit(f"CIFAR-10 not found at {args.data}")
+    settings = report.Settings(
+        data=str(args.data), image_size=32, batch_size=args.batch_size, base_epochs=args.base_epochs,
+        test_images=args.test_images, precision=args.precision, workers=args.workers,
+    )  # fmt: skip
+    backbones = [
+        report.Backbone(NAMES[b.pretrained], b.source, b.spec, b.fingerprint, b.pretrained)
+        for b in report.resolve_backbones([args.backbone])
+    ]
+    cells = report.run_grid(
+        backbones, args.recipes, args.fractions, args.seed, settings, args.out, progress=_progress
+    )
+    rows = report.summarize(cells)
+    report.write_report(rows, args.out, settings, backbones)
+    table: dict[str, dict[str, float]] = {}
+    for row in sorted(rows, key=lambda r: args.recipes.index(r.recipe)):
+        table.setdefault(f"{row.recipe} / {row.backbone}", {})[report.percent(row.fraction)] = row.mean
+    print_table(table, args.fractions)
+    results: dict[str, Any] = {"args": vars(args) | {"data": str(args.data), "out": str(args.out)}}
+    (args.out / "transfer_results.json").write_text(json.dumps(results | {"top1": table}, indent=2))
+    return table
+
+
+def _progress(cell: report.Cell, fresh: bool) -> None:
+    done = f"{cell.seconds:.0f} s" if fresh else "done before"
+    print(f"{cell.recipe} / {cell.backbone} @ {report.percent(cell.fraction)} seed {cell.seed}: "
+          f"{cell.top1:.3f} ({done})", flush=True)  # fmt: skip
+
+
 if __name__ == "__main__":
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    np.set_printoptions(precision=3)
     main()

@@ -74,6 +74,7 @@ class Settings:
         precision: Lightning precision, e.g. ``32-true`` or ``bf16-mixed``.
         augment: Training augmentation preset of the datamodule.
         val_fraction: Share of the training images held out before the labels are drawn.
+        synthetic_size: Training images of the embedded set (when ``data`` is None).
         workers: DataLoader workers (does not change results, so not part of a cell's key).
     """
 
@@ -85,13 +86,17 @@ class Settings:
     precision: str = "32-true"
     augment: Augment = "crop_flip"
     val_fraction: float = 0.1
+    synthetic_size: int = 2048
     workers: int = 2
 
     def key(self) -> dict[str, Any]:
-        """The settings that change results (all but ``workers``), ``data`` as an absolute path."""
+        """The settings that change results (not ``workers``; ``synthetic_size`` only without data),
+        ``data`` as an absolute path."""
         values = dataclasses.asdict(self)
         del values["workers"]
-        values["data"] = None if self.data is None else os.path.abspath(self.data)
+        if self.data is not None:
+            del values["synthetic_size"]
+            values["data"] = os.path.abspath(self.data)
         return values
 
 
@@ -317,7 +322,7 @@ def _datamodule(fraction: float, seed: int, settings: Settings) -> Any:
     data = ClassificationDataModule(
         root=settings.data, label_fraction=fraction, val_fraction=settings.val_fraction,
         image_size=settings.image_size, batch_size=settings.batch_size, augment=settings.augment,
-        num_workers=settings.workers, seed=seed,
+        num_workers=settings.workers, seed=seed, synthetic_size=settings.synthetic_size,
     )  # fmt: skip
     data.setup("fit")
     if "test" not in data.datasets:
@@ -541,7 +546,9 @@ def _settings_lines(
     labels = {r.fraction: r.labels for r in rows}
     seeds = sorted({r.seeds for r in rows})
     lines = [
-        f"- data: `{settings.data if settings.data is not None else 'embedded procedural set'}`",
+        f"- data: `{settings.data}`"
+        if settings.data is not None
+        else f"- data: the embedded procedural set ({settings.synthetic_size} training images)",
         "- labeled training images: " + ", ".join(f"{percent(f)}: {labels[f]}" for f in fractions),
         f"- seeds per cell: {', '.join(map(str, seeds))}",
         f"- image size {settings.image_size}, batch size {settings.batch_size}, augmentation "

@@ -348,8 +348,8 @@ def run_cell(backbone: Backbone, recipe: str, fraction: float, seed: int, settin
         data = _datamodule(fraction, seed, settings)
         epochs = epochs_for(fraction, settings.base_epochs)
         precision: Any = settings.precision  # checked by Lightning
-        trainer = L.Trainer(
-            max_epochs=epochs, precision=precision, logger=False, enable_checkpointing=False,
+        trainer = L.Trainer(  # one device: DDP would relaunch the calling script for every cell
+            max_epochs=epochs, precision=precision, devices=1, logger=False, enable_checkpointing=False,
             enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
         )  # fmt: skip
         trainer.fit(model, data)

@@ -499,7 +499,7 @@ def plot_label_efficiency(rows: Sequence[SummaryRow], title: str = "Label effici
 
     backbones = list(dict.fromkeys(r.backbone for r in rows))
     recipes = list(dict.fromkeys(r.recipe for r in rows))
-    fig = Figure(figsize=(7.0, 4.5), layout="constrained")
+    fig = Figure(figsize=(9.5, 4.5), layout="constrained")
     ax = fig.add_subplot()
     for b, backbone in enumerate(backbones):
         for s, recipe in enumerate(recipes):
@@ -521,7 +521,7 @@ def plot_label_efficiency(rows: Sequence[SummaryRow], title: str = "Label effici
     ax.set_ylabel("test top-1")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return fig
 
 

@@ -48,7 +48,7 @@ def check_model_name(name: str) -> None:
         return
     close = difflib.get_close_matches(arch, timm.list_models(), n=5, cutoff=0.6)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
-    raise ValueError(
+    raise ConfigError(
         f"--model.backbone={name!r} is not a timm model{hint} (timm.list_models('pattern*') lists the names)"
     )
 
@@ -107,7 +107,7 @@ def adapt_stem_for_small_images(model: nn.Module) -> int:
     first = first[0] if isinstance(first, (list, tuple)) else first
     arch = cfg.get("architecture", type(model).__name__)
     if not first or "patch_embed" in first:
-        raise ValueError(
+        raise ConfigError(
             f"--model.small_input_stem is not supported for {arch!r} (its stem is a patch "
             "embedding); set the patch and image size through --model.backbone_kwargs instead, "
             "e.g. {img_size: 32, patch_size: 4}"

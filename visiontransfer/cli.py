@@ -8,15 +8,25 @@ Model and data are chosen by ``class_path`` in the YAML files of ``configs/``: L
 from __future__ import annotations
 
 import argparse
+import difflib
+import importlib
+import inspect
+import os
+import re
 import sys
+from argparse import ArgumentError
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch import LightningDataModule, LightningModule
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.plugins.io import CheckpointIO
+from lightning.pytorch.utilities import rank_zero_warn
 
 import visiontransfer  # noqa: F401 - sets NO_ALBUMENTATIONS_UPDATE before albumentations loads
-from visiontransfer.callbacks import RunSummary
+from visiontransfer.callbacks import NonFiniteGuard, NonFiniteLossError, ResumeCheckpoint, RunSummary
+from visiontransfer.checkpoint_io import AtomicCheckpointIO
+from visiontransfer.errors import ConfigError
 
 TRAINER_DEFAULTS: dict[str, Any] = {
     "logger": {
@@ -29,7 +39,13 @@ TRAINER_DEFAULTS: dict[str, Any] = {
 
 
 class VisionTransferCLI(LightningCLI):
-    """LightningCLI with any LightningModule / LightningDataModule chosen by ``class_path``."""
+    """LightningCLI with any LightningModule / LightningDataModule chosen by ``class_path``.
+
+    On top of Lightning's: every run gets :class:`~visiontransfer.callbacks.NonFiniteGuard`,
+    :class:`~visiontransfer.callbacks.ResumeCheckpoint` (unless the config lists its own) and
+    atomic checkpoint writes; ``--ckpt_path last`` finds the newest ``last.ckpt`` of the
+    experiment across its version folders; parse errors become one line naming the key.
+    """
 
     def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
         super().__init__(
@@ -40,10 +56,129 @@ class VisionTransferCLI(LightningCLI):
             trainer_defaults=TRAINER_DEFAULTS,
             save_config_kwargs={"overwrite": True},
             auto_configure_optimizers=False,
-            parser_kwargs={"parser_mode": "omegaconf"},
+            parser_kwargs={"parser_mode": "omegaconf", "exit_on_error": False},
             args=args,
             run=run,
         )
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as error:
+            raise ConfigError(explain_parse_error(str(error), parser)) from None
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except ValueError as error:
+            if isinstance(error, ConfigError) or "Union subtypes" not in str(error):
+                raise
+            # jsonargparse wraps a constructor's ConfigError in its "does not validate" report.
+            reasons = [line.strip()[2:] for line in str(error).splitlines() if line.strip().startswith("- ")]
+            mine = [r for r in reasons if r.startswith("--") or "--" in r.split(":")[0]]
+            if not mine:
+                raise
+            raise ConfigError(mine[0]) from None
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
+        given = [*_as_list(config.get("callbacks")), *callbacks]
+        for default in (NonFiniteGuard, ResumeCheckpoint):
+            if not any(isinstance(c, default) for c in given):
+                callbacks.append(default())
+        plugins = _as_list(config.get("plugins"))
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            config["plugins"] = [*plugins, AtomicCheckpointIO()]
+        return super()._instantiate_trainer(config, callbacks)
+
+    def before_fit(self) -> None:
+        fit_config = self.config_init[self.subcommand]
+        if fit_config.get("ckpt_path") == "last":
+            fit_config["ckpt_path"] = find_last_checkpoint(self.trainer)
+
+
+def _as_list(value: Any) -> list[Any]:
+    return [] if value is None else list(value) if isinstance(value, list | tuple) else [value]
+
+
+def find_last_checkpoint(trainer: Trainer) -> str | None:
+    """The newest ``last*.ckpt`` of this experiment: every version folder of its loggers and the
+    folders of its checkpoint callbacks. None (with a warning) when there is none yet, so a
+    requeued job's first start runs from the beginning."""
+    roots = [Path(trainer.default_root_dir)]
+    roots += [Path(root) for logger in trainer.loggers if (root := getattr(logger, "root_dir", None))]
+    folders = [Path(d) for cb in trainer.checkpoint_callbacks if (d := getattr(cb, "dirpath", None))]
+    found = [p for root in roots for p in root.glob("*/checkpoints/last*.ckpt")]
+    found += [
+        p for folder in [*folders, *(r / "checkpoints" for r in roots)] for p in folder.glob("last*.ckpt")
+    ]
+    if not found:
+        where = ", ".join(str(r) for r in roots)
+        rank_zero_warn(f"--ckpt_path last: no last.ckpt under {where} yet; starting from the beginning")
+        return None
+    newest = max(found, key=os.path.getmtime)
+    rank_zero_warn(f"--ckpt_path last: resuming from {newest}")
+    return str(newest)
+
+
+def _init_parameters(cls: type) -> list[str]:
+    """Constructor arguments of ``cls`` and of the bases its ``**kwargs`` pass to."""
+    names: list[str] = []
+    for klass in cls.__mro__:
+        if klass in (LightningModule, LightningDataModule, object):
+            break
+        params = inspect.signature(klass.__init__).parameters.values()  # type: ignore[misc]
+        names += [p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+    return [n for n in dict.fromkeys(names) if n != "self"]
+
+
+def _known_options(parser: argparse.ArgumentParser) -> list[str]:
+    options = list(getattr(parser, "_option_string_actions", {}))
+    subcommands = getattr(parser, "_subcommands_action", None)
+    for sub in getattr(subcommands, "_name_parser_map", {}).values():
+        options += list(getattr(sub, "_option_string_actions", {}))
+    return options
+
+
+def _did_you_mean(word: str, choices: list[str], prefix: str = "") -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f"; did you mean {prefix}{close[0]}?" if close else ""
+
+
+def explain_parse_error(message: str, parser: argparse.ArgumentParser) -> str:
+    """One line for a jsonargparse error: the key, what is wrong with it, and a close valid name."""
+    if match := re.search(r"nrecognized arguments: (.*)", message):
+        flags = [a.split("=")[0] for a in match.group(1).split() if a.startswith("--")]
+        known = _known_options(parser)
+        return "; ".join(f"{f} is not an option{_did_you_mean(f, known)}" for f in flags) + " (see --help)"
+    if match := re.search(r"does not accept option '([\w.]+)'", message):
+        key = match.group(1)
+        known = [o.lstrip("-") for o in _known_options(parser)]
+        return f"{key} (in a config file or as --{key}) is not an option{_did_you_mean(key, known)}"
+    group = (re.findall(r'Parser key "(\w+)"', message) or ["model"])[0]
+    cls_path = (re.findall(r"class_path '([\w.]+)'", message) or [""])[0]
+    if (match := re.search(r"(?:Option|Key) '([\w.]+)' is not (?:accepted|expected)", message)) and cls_path:
+        option = match.group(1)
+        module, _, name = cls_path.rpartition(".")
+        accepted = _init_parameters(getattr(importlib.import_module(module), name))
+        hint = _did_you_mean(option, accepted, f"--{group}.init_args.")
+        return (
+            f"--{group}.init_args.{option} is not an argument of {cls_path}{hint} "
+            f"(all of them: visiontransfer fit --{group}.help {cls_path})"
+        )
+    if match := re.search(r"module '([\w.]+)' has no attribute '(\w+)'", message):
+        module, name = match.groups()
+        found = importlib.import_module(module)
+        names = [n for n in dir(found) if not n.startswith("_") and inspect.isclass(getattr(found, n))]
+        hint = _did_you_mean(name, names, f"{module}.")
+        return f"--{group}.class_path={module}.{name}: no such class{hint}"
+    keys = re.findall(r'Parser key "(\w+)":\s*Expected (.+?)\. Got value: (.*)', message)
+    if keys:
+        key, expected, value = keys[-1]
+        flag = f"--{group}.init_args.{key}" if key != group else f"--{group}"
+        return f"{flag}={value.strip()}: expected {expected.replace('<class ', '').replace('>', '')}"
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(("Given value", "Subtypes", "- Expected a"))]
+    return (useful or lines or [message])[-1]
 
 
 def config_dir() -> Path:
@@ -102,7 +237,15 @@ def main(argv: list[str] | None = None) -> None:
             + ", ".join(COMMANDS)
             + "\n"
         )
-    VisionTransferCLI(args=args)
+    command = args[0] if args and not args[0].startswith("-") else "fit"
+    try:
+        VisionTransferCLI(args=args)
+    except ConfigError as error:
+        print(f"visiontransfer {command}: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except NonFiniteLossError as error:
+        print(f"visiontransfer {command}: error: {error}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

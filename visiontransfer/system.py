@@ -137,7 +137,7 @@ def classes_from_data(module: L.LightningModule, configured: int | None) -> int 
             raise ConfigError("--model.num_classes is not set and the datamodule has no num_classes")
         return int(data_classes)
     if data_classes is not None and int(data_classes) != configured:
-        raise ValueError(
+        raise ConfigError(
             f"--model.num_classes={configured} but the data has {data_classes} classes; "
             "drop --model.num_classes to take it from the data"
         )

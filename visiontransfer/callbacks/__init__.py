@@ -1,6 +1,15 @@
-"""Callbacks that any module can use: a closing run summary and the online evaluation monitors."""
+"""Callbacks that any module can use: run summary, online evaluation, fault tolerance."""
 
+from visiontransfer.callbacks.fault import NonFiniteGuard, NonFiniteLossError, ResumeCheckpoint
 from visiontransfer.callbacks.online_eval import OnlineEvaluation, knn_predict, topk_accuracy
 from visiontransfer.callbacks.summary import RunSummary
 
-__all__ = ["OnlineEvaluation", "RunSummary", "knn_predict", "topk_accuracy"]
+__all__ = [
+    "NonFiniteGuard",
+    "NonFiniteLossError",
+    "OnlineEvaluation",
+    "ResumeCheckpoint",
+    "RunSummary",
+    "knn_predict",
+    "topk_accuracy",
+]

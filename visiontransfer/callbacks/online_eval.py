@@ -408,7 +408,12 @@ class OnlineEvaluation(L.Callback):
         if trainer.sanity_checking:
             return
         if self._due(trainer):
-            metrics = self.evaluate(trainer, pl_module)
+            # A monitor must not change training: its random draws (loader seeds, probe
+            # initialisation and shuffling) come from a stream of its own, seeded by the epoch.
+            devices = [pl_module.device] if pl_module.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(self.seed * 100_003 + trainer.current_epoch)
+                metrics = self.evaluate(trainer, pl_module)
         else:
             metrics = self.last_metrics
         for name, value in metrics.items():

@@ -97,6 +97,8 @@ class _ImageDataModule(L.LightningDataModule):
         self.synthetic_size = synthetic_size
         self.skip_log = SkipLog()
         self.datasets: dict[str, Dataset[Any]] = {}
+        self._train_loader: ResumableLoader | None = None
+        self._pending_loader_state: dict[str, int] | None = None
         # Train and eval pipelines are built once; workers reseed their own copies.
         self._train_tf = train_transform(image_size, augment)
         self._eval_tf = eval_transform(image_size)
@@ -131,7 +133,30 @@ class _ImageDataModule(L.LightningDataModule):
             seed=self.seed,
         )
         drop_last = sampler.num_samples > self.batch_size
-        return ResumableLoader(dataset, sampler, self.batch_size, drop_last=drop_last, **options)
+        loader = ResumableLoader(dataset, sampler, self.batch_size, drop_last=drop_last, **options)
+        self._train_loader = loader
+        if self._pending_loader_state is not None:
+            loader.load_state_dict(self._pending_loader_state)
+            self._pending_loader_state = None
+        return loader
+
+    def state_dict(self) -> dict[str, Any]:
+        """The training loader's position, saved in checkpoints (see :class:`ResumableLoader`)."""
+        return {} if self._train_loader is None else {"train_loader": self._train_loader.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Resume the training order where the checkpoint left it.
+
+        Lightning restores a loader's state only when the loader is built after the checkpoint
+        is read, which is not the case when the LR schedule asks for
+        ``trainer.estimated_stepping_batches``; the datamodule carries it instead. The loader
+        reads its position lazily, at the first batch, so either order of the two calls works.
+        """
+        state = state_dict.get("train_loader")
+        if state is not None and self._train_loader is not None:
+            self._train_loader.load_state_dict(state)
+        else:
+            self._pending_loader_state = state
 
     def train_dataloader(self) -> DataLoader[Any]:
         return self._loader("train", train=True)

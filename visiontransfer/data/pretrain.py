@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from visiontransfer.data.base import _ImageDataModule, probe_readable
@@ -56,6 +58,10 @@ class PretrainDataModule(_ImageDataModule):
         )  # fmt: skip
         if root is not None and manifest is not None:
             raise ConfigError("give --data.root or --data.manifest, not both")
+        if root is not None and not os.path.isdir(root):
+            raise MissingPathError(f"--data.root={root!r} does not exist or is not a folder")
+        if manifest is not None and not os.path.isfile(manifest):
+            raise MissingPathError(f"--data.manifest={manifest!r} does not exist or is not a file")
         self.root = root
         self.manifest = manifest
         self.val_fraction = val_fraction

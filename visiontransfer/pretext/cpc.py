@@ -152,7 +152,7 @@ class ContrastivePatches(PretextModule):
         if size is not None:
             grid = patch_grid_size(int(size), self.patch_size, self.patch_stride)
             if grid < 2:
-                raise ValueError(
+                raise ConfigError(
                     f"--data.image_size={size} with --model.patch_size={self.patch_size} and "
                     f"--model.patch_stride={self.patch_stride} gives a {grid}x{grid} grid: CPC needs at "
                     "least 2 rows; lower the patch size or stride, or raise the image size"

@@ -101,7 +101,7 @@ def lab_to_rgb(lab: Tensor) -> Tensor:
 def _grid_values(grid_size: int) -> Tensor:
     """Bin centres along one axis: the multiples of ``grid_size`` in ``[-110, 110]``."""
     if not 5 <= grid_size <= 55:
-        raise ValueError(
+        raise ConfigError(
             f"--model.grid_size={grid_size} must be in 5..55 (ab units; the paper uses 10): "
             "smaller grids give thousands of bins, larger ones too few colours"
         )

@@ -16,7 +16,7 @@ def check_rotations(rotations: Sequence[int]) -> tuple[int, ...]:
     """Validate a rotation set: distinct multiples of 90 in [0, 360), at least two."""
     values = tuple(int(r) for r in rotations)
     if len(values) < 2 or len(set(values)) != len(values) or any(r not in ALLOWED_ROTATIONS for r in values):
-        raise ValueError(
+        raise ConfigError(
             f"--model.rotations={list(values)}: give at least two distinct angles from "
             f"{list(ALLOWED_ROTATIONS)} (degrees, counter-clockwise)"
         )
@@ -52,7 +52,7 @@ def patch_grid_size(image_size: int, patch_size: int, stride: int) -> int:
     if patch_size < 1 or stride < 1:
         raise ConfigError(f"--model.patch_size={patch_size} and --model.patch_stride={stride} must be >= 1")
     if patch_size > image_size:
-        raise ValueError(
+        raise ConfigError(
             f"--model.patch_size={patch_size} is larger than the {image_size}-px images; "
             "lower it or raise --data.image_size"
         )

@@ -72,7 +72,7 @@ class ImageClassifier(BackboneSystem):
         super().__init__(**kwargs)
         self.stages = backbone_stages(self.backbone)
         if not 0 <= frozen_stages <= len(self.stages):
-            raise ValueError(
+            raise ConfigError(
                 f"--model.frozen_stages={frozen_stages} must be in [0, {len(self.stages)}] "
                 f"(this backbone has {len(self.stages)} stages, stem included)"
             )

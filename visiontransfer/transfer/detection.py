@@ -82,7 +82,7 @@ class TimmFPNBackbone(nn.Module):
     ) -> None:
         super().__init__()
         if any(b <= a for a, b in zip(body.reductions, body.reductions[1:], strict=False)):
-            raise ValueError(
+            raise ConfigError(
                 f"--model.out_indices must name levels of increasing stride for a pyramid; got strides "
                 f"{body.reductions}"
             )
@@ -165,7 +165,7 @@ class ObjectDetector(BackboneSystem):
         self.label_offset = 0 if detector == "fasterrcnn" else 1  # data labels 1..C → 0..C-1
         self.stages = backbone_stages(self.backbone)
         if trainable_stages is not None and not 0 <= trainable_stages <= len(self.stages):
-            raise ValueError(
+            raise ConfigError(
                 f"--model.trainable_stages={trainable_stages} must be in [0, {len(self.stages)}] "
                 f"(this backbone has {len(self.stages)} stages, stem included)"
             )

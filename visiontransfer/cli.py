@@ -221,7 +221,14 @@ def seeds(args: list[str]) -> None:
     seeds_main(args)
 
 
-COMMANDS = {"quickstart": quickstart, "export": export, "seeds": seeds}
+def report(args: list[str]) -> None:
+    """``visiontransfer report --data DIR --backbones A.ckpt B.ckpt``: the label-efficiency report."""
+    from visiontransfer.report import main as report_main
+
+    report_main(args)
+
+
+COMMANDS = {"quickstart": quickstart, "export": export, "seeds": seeds, "report": report}
 
 
 def main(argv: list[str] | None = None) -> None:

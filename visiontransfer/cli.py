@@ -234,7 +234,9 @@ COMMANDS = {"quickstart": quickstart, "export": export, "seeds": seeds, "report"
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``visiontransfer`` console script."""
     args = list(sys.argv[1:] if argv is None else argv)
-    sys.argv = sys.argv[:1]  # LightningCLI gets its arguments from `args` alone
+    # LightningCLI reads sys.argv, and so do Lightning's DDP launchers, which start the other
+    # ranks by re-running this command line: it must hold the arguments.
+    sys.argv = [sys.argv[0], *args]
     if args and args[0] in COMMANDS:
         COMMANDS[args[0]](args[1:])
         return
@@ -246,7 +248,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     command = args[0] if args and not args[0].startswith("-") else "fit"
     try:
-        VisionTransferCLI(args=args)
+        VisionTransferCLI(args=None)
     except ConfigError as error:
         print(f"visiontransfer {command}: error: {error}", file=sys.stderr)
         sys.exit(2)

@@ -5,14 +5,15 @@ from __future__ import annotations
 import math
 
 import lightning as L
-from lightning.pytorch.utilities import rank_zero_only
 
 
 class RunSummary(L.Callback):
     """At the end of ``fit``, print the checkpoints, the log folder and the last metrics."""
 
-    @rank_zero_only
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        log_dir = trainer.log_dir  # a collective under DDP: every rank must ask
+        if not trainer.is_global_zero:
+            return
         lines = ["", "visiontransfer run finished."]
         ckpt = trainer.checkpoint_callback
         if ckpt is not None:
@@ -23,8 +24,8 @@ class RunSummary(L.Callback):
                 lines.append(f"    best: {best}")
             if last and last != best:
                 lines.append(f"    last: {last}")
-        if trainer.log_dir:
-            lines.append(f"  logs: {trainer.log_dir}")
+        if log_dir:
+            lines.append(f"  logs: {log_dir}")
         metrics = {k: float(v) for k, v in sorted(trainer.callback_metrics.items()) if v.numel() == 1}
         shown = [f"{k}={v:.4f}" for k, v in metrics.items() if math.isfinite(v)]
         if shown:

@@ -125,7 +125,7 @@ class _ImageDataModule(L.LightningDataModule):
         }
         if not train:
             return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, **options)
-        trainer = getattr(self, "_trainer", None)
+        trainer = getattr(self, "trainer", None)  # set by Lightning (None outside a Trainer)
         sampler = ResumableSampler(
             dataset,  # type: ignore[arg-type]
             num_replicas=trainer.world_size if trainer is not None else 1,

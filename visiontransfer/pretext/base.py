@@ -22,6 +22,15 @@ class PretextModule(BackboneSystem):
     def _step(self, batch: dict[str, Any], stage: str) -> Tensor | None:
         raise NotImplementedError(f"{type(self).__name__} must implement _step(batch, stage)")
 
+    def gather_with_grads(self, x: Tensor) -> tuple[Tensor, int]:
+        """Every process's rows of ``x`` ``(N, D)`` → ``(world * N, D)`` with gradients kept, and the
+        offset of this process's rows in it (negatives from the global batch, as on one device)."""
+        if self._trainer is None or self.trainer.world_size <= 1:
+            return x, 0
+        gathered = self.all_gather(x, sync_grads=True)  # (world, N, D)
+        assert isinstance(gathered, Tensor)
+        return gathered.reshape(-1, x.shape[-1]), self.trainer.global_rank * x.shape[0]
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
         return self._step(batch, "train")
 

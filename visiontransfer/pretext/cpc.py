@@ -70,7 +70,13 @@ def per_patch_augment(patches: Tensor, generator: torch.Generator | None = None)
     return random_grayscale(patches, p=0.25, generator=generator)
 
 
-def cpc_loss(z: Tensor, context: Tensor, predictors: nn.ModuleList) -> Tensor:
+def cpc_loss(
+    z: Tensor,
+    context: Tensor,
+    predictors: nn.ModuleList,
+    all_keys: Tensor | None = None,
+    offset: int = 0,
+) -> Tensor:
     """InfoNCE of predicting patch vectors ``k = 1..K`` rows below from the context.
 
     Each prediction at ``(b, r, c)`` for step ``k`` must pick ``z[b, r + k, c]`` out of every patch
@@ -80,10 +86,14 @@ def cpc_loss(z: Tensor, context: Tensor, predictors: nn.ModuleList) -> Tensor:
         z: ``(B, D, G, G)`` patch vectors (the targets).
         context: ``(B, Dc, G, G)`` context vectors.
         predictors: ``K`` 1×1 convolutions ``Dc → D``, one per step.
+        all_keys: ``(M, D)`` patch vectors of the whole (multi-process) batch, holding this
+            process's ``B*G*G`` vectors of ``z`` (flattened as ``(b, row, col)``) from row
+            ``offset``; default: ``z``'s own.
+        offset: Row of this process's first patch vector in ``all_keys``.
     """
     b, d, g, _ = z.shape
-    keys = z.permute(0, 2, 3, 1).reshape(b * g * g, d)  # (B*G*G, D), flat index (b, row, col)
-    flat = torch.arange(b * g * g, device=z.device).view(b, g, g)
+    keys = z.permute(0, 2, 3, 1).reshape(b * g * g, d) if all_keys is None else all_keys  # (M, D)
+    flat = torch.arange(b * g * g, device=z.device).view(b, g, g) + offset  # index (b, row, col)
     losses = []
     for k, predict in enumerate(predictors, start=1):
         if k >= g:
@@ -104,7 +114,7 @@ class ContrastivePatches(PretextModule):
     ICML 2020 (arXiv 2019). Each image is cut into a grid of overlapping patches; each patch is
     augmented on its own and encoded by the backbone to a vector; a masked context network reads
     the grid top to bottom; linear predictions ``k = 1..K`` rows ahead are scored by InfoNCE
-    against all other patch vectors of the batch.
+    against all other patch vectors of the batch (of every process, under DDP).
 
     Kept from CPC v2: overlapping patches (paper: 64 px every 32 px of 240 px; defaults here
     8 every 4 of 32 px), per-patch augmentation (flips, colour jitter, colour dropping), a
@@ -177,6 +187,7 @@ class ContrastivePatches(PretextModule):
         if images.shape[0] == 0:
             return None
         z = self.encode_patches(images, augment=self.augment_patches and stage == "train")
-        loss = cpc_loss(z, self.context(z), self.predictors)
+        keys, offset = self.gather_with_grads(z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]))  # (M, D)
+        loss = cpc_loss(z, self.context(z), self.predictors, keys, offset)
         self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=images.shape[0], sync_dist=stage != "train")
         return loss

@@ -67,14 +67,6 @@ class SimCLR(PretextModule):
         """Projections ``(B, projection_dim)`` of views in the uint8 range."""
         return self.projection(self.backbone(self.normalize(views)))
 
-    def _gather(self, z: Tensor) -> Tensor:
-        """All processes' projections ``(world * B, D)``, gradients kept (global negatives)."""
-        if self._trainer is None or self.trainer.world_size <= 1:
-            return z
-        gathered = self.all_gather(z, sync_grads=True)  # (world, B, D)
-        assert isinstance(gathered, Tensor)
-        return gathered.reshape(-1, z.shape[-1])
-
     def _step(self, batch: dict[str, Any], stage: str) -> Tensor | None:
         images = batch["image"]
         if images.shape[0] == 0:
@@ -84,6 +76,6 @@ class SimCLR(PretextModule):
             generator = torch.Generator(device=images.device).manual_seed(int(batch["index"][0]))
         v1, v2 = self.views(images, generator)
         z1, z2 = self.project(v1), self.project(v2)
-        loss = nt_xent(self._gather(z1), self._gather(z2), self.temperature)
+        loss = nt_xent(self.gather_with_grads(z1)[0], self.gather_with_grads(z2)[0], self.temperature)
         self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=images.shape[0], sync_dist=stage != "train")
         return loss

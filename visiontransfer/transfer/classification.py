@@ -99,7 +99,11 @@ class ImageClassifier(BackboneSystem):
         if num_classes < 2:
             raise ConfigError(f"--model.num_classes={num_classes} must be >= 2")
         hidden = self.head_hidden_dim if self.head_kind == "mlp" else 0
-        self.head = MLPHead(self.num_features, num_classes, hidden, self.dropout)
+        # Built at set-up, when the random stream depends on what ran before (e.g. DDP start-up):
+        # seed the head from the run's seed so that its initial weights don't.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(torch.initial_seed())
+            self.head = MLPHead(self.num_features, num_classes, hidden, self.dropout)
         self.num_classes = num_classes
         self.hparams["num_classes"] = num_classes
         top5 = min(5, num_classes)

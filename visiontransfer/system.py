@@ -33,6 +33,10 @@ class BackboneSystem(L.LightningModule):
         momentum: SGD momentum (ignored by AdamW).
         warmup_epochs: Epochs of linear warmup (may be fractional).
         min_lr_ratio: Final learning rate of the cosine schedule, as a share of ``lr``.
+        channels_last: Keep the backbone and its inputs in channels-last memory layout (faster
+            convolutions with mixed precision on recent GPUs).
+        compile: Compile the backbone with ``torch.compile`` when fitting starts (in place: the
+            weights keep their names in checkpoints and exports).
     """
 
     pixel_mean: Tensor
@@ -51,6 +55,8 @@ class BackboneSystem(L.LightningModule):
         momentum: float = 0.9,
         warmup_epochs: float = 1.0,
         min_lr_ratio: float = 0.01,
+        channels_last: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         if lr <= 0:
@@ -71,7 +77,16 @@ class BackboneSystem(L.LightningModule):
         self.momentum = momentum
         self.warmup_epochs = warmup_epochs
         self.min_lr_ratio = min_lr_ratio
+        self.channels_last = channels_last
+        self.compile_backbone = compile
+        if channels_last:
+            self.backbone.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.save_hyperparameters()
+
+    def configure_model(self) -> None:
+        if self.compile_backbone and not getattr(self, "_compiled", False):
+            self.backbone.compile()
+            self._compiled = True
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Record how to rebuild the backbone, so ``visiontransfer export`` needs nothing else."""
@@ -87,7 +102,10 @@ class BackboneSystem(L.LightningModule):
             from visiontransfer.pretext.lab import rgb_to_lab
 
             images = rgb_to_lab(images.float() / 255.0)[:, :1] * 2.55  # L 0..100 → 0..255
-        return (images.float() - self.pixel_mean) / self.pixel_std
+        normalized = (images.float() - self.pixel_mean) / self.pixel_std
+        if self.channels_last:
+            return normalized.contiguous(memory_format=torch.channels_last)
+        return normalized
 
     def features(self, images: Tensor) -> Tensor:
         """Pooled backbone features ``(B, num_features)`` of raw ``uint8`` images."""

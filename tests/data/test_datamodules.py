@@ -141,9 +141,9 @@ def test_pretrain_only_unreadable_files(tmp_path: Path, image_zoo, link_files):
 
 
 def test_pretrain_missing_folder(tmp_path: Path):
-    dm = PretrainDataModule(root=str(tmp_path / "nope"), num_workers=0)
+    # Checked when the datamodule is built, before the trainer or any training starts.
     with pytest.raises(FileNotFoundError, match=rf"--data\.root='{re.escape(str(tmp_path))}/nope'"):
-        dm.setup("fit")
+        PretrainDataModule(root=str(tmp_path / "nope"), num_workers=0)
 
 
 def test_pretrain_root_and_manifest_together():

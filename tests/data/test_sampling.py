@@ -83,3 +83,23 @@ def test_augmentations_do_not_depend_on_the_number_of_workers(workers: int) -> N
     batches = list(ResumableLoader(dataset, sampler, 4, num_workers=workers, collate_fn=collate_samples))
     single = list(ResumableLoader(dataset, ResumableSampler(dataset, seed=5), 4, collate_fn=collate_samples))
     assert all(torch.equal(a["image"], b["image"]) for a, b in zip(batches, single, strict=True))
+
+
+def test_datamodule_carries_the_position_and_ends_limited_epochs() -> None:
+    from types import SimpleNamespace
+
+    from visiontransfer.data import PretrainDataModule
+
+    dm = PretrainDataModule(image_size=32, batch_size=8, synthetic_size=64, num_workers=0)
+    dm.setup("fit")
+    dm.trainer = SimpleNamespace(world_size=1, global_rank=0, num_training_batches=2)  # type: ignore[assignment]
+    loader = dm.train_dataloader()
+    iterator = iter(loader)
+    next(iterator)
+    assert dm.state_dict() == {"train_loader": {"epoch": 0, "batches_done": 1}}
+    next(iterator)  # --trainer.limit_train_batches=2: Lightning ends the epoch here
+    assert dm.state_dict() == {"train_loader": {"epoch": 0, "batches_done": 8}}
+    fresh = PretrainDataModule(image_size=32, batch_size=8, synthetic_size=64, num_workers=0)
+    fresh.setup("fit")
+    fresh.load_state_dict(dm.state_dict())  # before the loader exists: applied when it is built
+    assert fresh.train_dataloader().resumable_sampler.epoch == 1  # type: ignore[attr-defined]

@@ -142,7 +142,14 @@ class _ImageDataModule(L.LightningDataModule):
 
     def state_dict(self) -> dict[str, Any]:
         """The training loader's position, saved in checkpoints (see :class:`ResumableLoader`)."""
-        return {} if self._train_loader is None else {"train_loader": self._train_loader.state_dict()}
+        if self._train_loader is None:
+            return {}
+        state = self._train_loader.state_dict()
+        # With --trainer.limit_train_batches Lightning ends the epoch before the loader does.
+        limit = getattr(getattr(self, "trainer", None), "num_training_batches", float("inf"))
+        if state["batches_done"] >= limit:
+            state["batches_done"] = len(self._train_loader)
+        return {"train_loader": state}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Resume the training order where the checkpoint left it.

@@ -228,7 +228,14 @@ def report(args: list[str]) -> None:
     report_main(args)
 
 
-COMMANDS = {"quickstart": quickstart, "export": export, "seeds": seeds, "report": report}
+def shard(args: list[str]) -> None:
+    """``visiontransfer shard SRC --out DIR``: pack an image folder into tar shards."""
+    from visiontransfer.data.shards import main as shard_main
+
+    shard_main(args)
+
+
+COMMANDS = {"quickstart": quickstart, "export": export, "seeds": seeds, "report": report, "shard": shard}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -147,7 +147,7 @@ def test_pretrain_missing_folder(tmp_path: Path):
 
 
 def test_pretrain_root_and_manifest_together():
-    with pytest.raises(ValueError, match=r"--data\.root or --data\.manifest, not both"):
+    with pytest.raises(ValueError, match=r"one of --data\.root, --data\.manifest or --data\.shards"):
         PretrainDataModule(root="a", manifest="b.txt")
 
 

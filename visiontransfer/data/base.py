@@ -24,6 +24,7 @@ from visiontransfer.data.datasets import (
 from visiontransfer.data.decode import DEFAULT_MAX_PIXELS, UnreadableImageError, load_rgb
 from visiontransfer.data.index import PathTable
 from visiontransfer.data.sampling import ResumableLoader, ResumableSampler
+from visiontransfer.data.shards import ShardLoader, ShardStream
 from visiontransfer.data.synthetic import SHAPES
 from visiontransfer.data.transforms import Augment, eval_transform, seed_transform, train_transform
 from visiontransfer.errors import ConfigError
@@ -97,7 +98,7 @@ class _ImageDataModule(L.LightningDataModule):
         self.synthetic_size = synthetic_size
         self.skip_log = SkipLog()
         self.datasets: dict[str, Dataset[Any]] = {}
-        self._train_loader: ResumableLoader | None = None
+        self._train_loader: ResumableLoader | ShardLoader | None = None
         self._pending_loader_state: dict[str, int] | None = None
         # Train and eval pipelines are built once; workers reseed their own copies.
         self._train_tf = train_transform(image_size, augment)
@@ -123,9 +124,11 @@ class _ImageDataModule(L.LightningDataModule):
             "collate_fn": collate_samples,
             "worker_init_fn": _seed_worker,
         }
+        trainer = getattr(self, "trainer", None)  # set by Lightning (None outside a Trainer)
+        if isinstance(dataset, ShardStream):
+            return self._shard_loader(dataset, train, trainer, options)
         if not train:
             return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, **options)
-        trainer = getattr(self, "trainer", None)  # set by Lightning (None outside a Trainer)
         sampler = ResumableSampler(
             dataset,  # type: ignore[arg-type]
             num_replicas=trainer.world_size if trainer is not None else 1,
@@ -134,6 +137,21 @@ class _ImageDataModule(L.LightningDataModule):
         )
         drop_last = sampler.num_samples > self.batch_size
         loader = ResumableLoader(dataset, sampler, self.batch_size, drop_last=drop_last, **options)
+        return self._track(loader)
+
+    def _shard_loader(
+        self, stream: ShardStream, train: bool, trainer: Any, options: dict[str, Any]
+    ) -> DataLoader[Any]:
+        """Tar shards: each rank streams its own shards (the stream splits them, not a sampler)."""
+        stream.rank = trainer.global_rank if trainer is not None else 0
+        stream.world_size = trainer.world_size if trainer is not None else 1
+        if not train:
+            stream.batch_size = self.batch_size
+            return DataLoader(stream, batch_size=self.batch_size, **{**options, "persistent_workers": False})
+        return self._track(ShardLoader(stream, self.batch_size, **options))
+
+    def _track(self, loader: ResumableLoader | ShardLoader) -> DataLoader[Any]:
+        """Remember the training loader and give it a position restored from a checkpoint."""
         self._train_loader = loader
         if self._pending_loader_state is not None:
             loader.load_state_dict(self._pending_loader_state)

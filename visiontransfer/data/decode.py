@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -80,10 +81,24 @@ def load_rgb(path: str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PIXELS)
     try:
         if os.path.getsize(path) == 0:
             raise UnreadableImageError(path, "empty file (0 bytes)")
+    except FileNotFoundError as error:
+        raise UnreadableImageError(path, "file not found") from error
+    return decode_rgb(path, path, max_pixels)
+
+
+def decode_rgb(
+    source: str | os.PathLike[str] | BinaryIO,
+    where: str | os.PathLike[str],
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> np.ndarray:
+    """:func:`load_rgb` for a path or an open binary stream (e.g. a member of a tar shard);
+    errors name ``where``."""
+    path = where
+    try:
         _allow_pixels(max_pixels)
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with Image.open(source) as image:
                 width, height = image.size
                 if width * height > max_pixels:
                     raise UnreadableImageError(

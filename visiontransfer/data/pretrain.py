@@ -9,6 +9,7 @@ import numpy as np
 from visiontransfer.data.base import _ImageDataModule, probe_readable
 from visiontransfer.data.decode import DEFAULT_MAX_PIXELS
 from visiontransfer.data.index import PathTable, read_manifest, scan_images
+from visiontransfer.data.shards import ShardStream, read_index
 from visiontransfer.data.subsets import stratified_split
 from visiontransfer.data.transforms import Augment
 from visiontransfer.errors import ConfigError, MissingPathError
@@ -24,6 +25,10 @@ class PretrainDataModule(_ImageDataModule):
         root: Folder read recursively for images (jpg, png, webp, bmp, tiff, gif).
         manifest: Instead of ``root``: a text file with one image path per line, or a CSV file
             with a ``path`` column (paths relative to the manifest's folder).
+        shards: Instead of ``root``: a folder of tar shards written by ``visiontransfer shard``
+            (streamed, split across processes and workers; validation reads its ``val-*`` shards
+            and ``val_fraction`` is not used).
+        shuffle_buffer: Samples per worker in the shuffle buffer when reading ``shards``.
         val_fraction: Share of the images held out to validate the pretext task.
         image_size: Side of the square crops fed to the model, in pixels.
         batch_size: Images per batch per process.
@@ -41,6 +46,8 @@ class PretrainDataModule(_ImageDataModule):
         self,
         root: str | None = None,
         manifest: str | None = None,
+        shards: str | None = None,
+        shuffle_buffer: int = 2000,
         val_fraction: float = 0.05,
         image_size: int = 32,
         batch_size: int = 128,
@@ -56,14 +63,18 @@ class PretrainDataModule(_ImageDataModule):
             image_size, batch_size, augment, num_workers, pin_memory, persistent_workers,
             seed, max_pixels, synthetic_size,
         )  # fmt: skip
-        if root is not None and manifest is not None:
-            raise ConfigError("give --data.root or --data.manifest, not both")
+        if sum(x is not None for x in (root, manifest, shards)) > 1:
+            raise ConfigError("give one of --data.root, --data.manifest or --data.shards")
+        if shards is not None:
+            read_index(shards)  # fails early, naming --data.shards
         if root is not None and not os.path.isdir(root):
             raise MissingPathError(f"--data.root={root!r} does not exist or is not a folder")
         if manifest is not None and not os.path.isfile(manifest):
             raise MissingPathError(f"--data.manifest={manifest!r} does not exist or is not a file")
         self.root = root
         self.manifest = manifest
+        self.shards = shards
+        self.shuffle_buffer = shuffle_buffer
         self.val_fraction = val_fraction
         self.save_hyperparameters()
 
@@ -81,6 +92,12 @@ class PretrainDataModule(_ImageDataModule):
 
     def setup(self, stage: str) -> None:
         if self.datasets:
+            return
+        if self.shards is not None:
+            common = {"seed": self.seed, "max_pixels": self.max_pixels, "buffer_size": self.shuffle_buffer}
+            self.datasets["train"] = ShardStream(self.shards, self._train_tf, "train", **common)  # type: ignore[arg-type]
+            self.datasets["val"] = ShardStream(self.shards, self._eval_tf, "val", shuffle=False, **common)  # type: ignore[arg-type]
+            self.datasets["predict"] = self.datasets["val"]
             return
         if self.root is None and self.manifest is None:
             n, n_val = self.synthetic_size, max(64, int(self.synthetic_size * self.val_fraction))

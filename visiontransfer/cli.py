@@ -262,6 +262,17 @@ def main(argv: list[str] | None = None) -> None:
     except NonFiniteLossError as error:
         print(f"visiontransfer {command}: error: {error}", file=sys.stderr)
         sys.exit(1)
+    finally:
+        _close_process_group()
+
+
+def _close_process_group() -> None:
+    """Shut DDP's process group down before the interpreter exits (a live gloo group can abort
+    the process at exit: "terminate called without an active exception")."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,20 @@ TEMP_SUFFIX = ".tmp-"
 
 STALE_AFTER_S = 3600.0
 """Temporary files of dead writers older than this are removed by the next save in the folder."""
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[str], object]) -> None:
+    """Create ``path`` atomically: ``write(temporary_path)`` fills a temporary file in the same
+    folder, which is then renamed over ``path`` (removed if ``write`` fails)."""
+    target = Path(path)
+    fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(temp)
+        os.replace(temp, target)
+    finally:
+        if os.path.exists(temp):
+            os.unlink(temp)
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:

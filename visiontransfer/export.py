@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from torch import nn
 
 from visiontransfer import __version__
 from visiontransfer.backbones import FeatureBackbone, create_backbone, normalization
+from visiontransfer.checkpoint_io import atomic_write
 
 FORMAT = "visiontransfer-backbone/1"
 METADATA_KEY = "visiontransfer_config"
@@ -159,18 +159,6 @@ def _timm_config(spec: dict[str, Any], model: nn.Module) -> dict[str, Any]:
     }
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    """Write through a temporary file in the same folder, then rename over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def export_backbone(checkpoint_path: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> Path:
     """Write ``model.safetensors``, ``config.json`` and ``hubconf.py`` for a checkpoint's backbone.
 
@@ -191,10 +179,10 @@ def export_backbone(checkpoint_path: str | os.PathLike[str], out_dir: str | os.P
     config = _timm_config(spec, model)
     tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
     metadata = {METADATA_KEY: json.dumps(config)}
-    _atomic_write(out / WEIGHTS, lambda tmp: save_file(tensors, tmp, metadata=metadata))
-    _atomic_write(out / CONFIG, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + "\n"))
+    atomic_write(out / WEIGHTS, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    atomic_write(out / CONFIG, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + "\n"))
     hubconf = Path(__file__).with_name("hubconf_template.py").read_text()
-    _atomic_write(out / "hubconf.py", lambda tmp: Path(tmp).write_text(hubconf))
+    atomic_write(out / "hubconf.py", lambda tmp: Path(tmp).write_text(hubconf))
     return out
 
 

@@ -32,7 +32,6 @@ import logging
 import math
 import os
 import statistics
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -42,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from visiontransfer.checkpoint_io import atomic_write
 from visiontransfer.data.transforms import Augment
 from visiontransfer.errors import ConfigError, MissingPathError
 
@@ -526,18 +526,6 @@ def plot_label_efficiency(rows: Sequence[SummaryRow], title: str = "Label effici
 
 
 # -- report files ----------------------------------------------------------------------------------
-def _atomic_write(path: Path, write: Callable[[str], object]) -> None:
-    """Write through a temporary file in the same folder, then rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _settings_lines(
     settings: Settings, backbones: Sequence[Backbone], rows: Sequence[SummaryRow]
 ) -> list[str]:
@@ -583,7 +571,7 @@ def write_report(
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     fig = plot_label_efficiency(rows)
-    _atomic_write(folder / REPORT_PNG, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    atomic_write(folder / REPORT_PNG, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     text = "\n".join(
         [
             "# Label efficiency",
@@ -601,7 +589,7 @@ def write_report(
             "",
         ]
     )
-    _atomic_write(folder / REPORT_MD, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    atomic_write(folder / REPORT_MD, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     return folder / REPORT_MD
 
 

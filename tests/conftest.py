@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -79,3 +80,30 @@ def cifar_tree(cifar10_dir: Path) -> Callable[..., Path]:
         return dest
 
     return make
+
+
+def _rotation_checkpoint(
+    path: Path, backbone: str = "resnet10t", small_input_stem: bool = False
+) -> tuple[Path, Any]:
+    """Train a tiny RotNet one step on the embedded set and save its checkpoint at ``path``."""
+    import lightning as L
+
+    from visiontransfer.data import PretrainDataModule
+    from visiontransfer.pretext import RotationPrediction
+
+    L.seed_everything(0)
+    model = RotationPrediction(backbone=backbone, small_input_stem=small_input_stem, head_hidden_dim=8)
+    data = PretrainDataModule(image_size=32, batch_size=8, synthetic_size=16, num_workers=0)
+    trainer = L.Trainer(
+        max_steps=1, limit_val_batches=0, logger=False, enable_progress_bar=False,
+        enable_model_summary=False, enable_checkpointing=False, default_root_dir=path.parent,
+    )  # fmt: skip
+    trainer.fit(model, data)
+    trainer.save_checkpoint(path)
+    return path, model
+
+
+@pytest.fixture(scope="session")
+def rotation_checkpoint() -> Callable[..., tuple[Path, Any]]:
+    """``rotation_checkpoint(path, backbone=..., small_input_stem=...)``: a one-step RotNet .ckpt."""
+    return _rotation_checkpoint

@@ -9,38 +9,24 @@ import subprocess
 import sys
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 from safetensors.torch import load_file
 
 import visiontransfer
 from visiontransfer.cli import main as cli_main
-from visiontransfer.data import PretrainDataModule
 from visiontransfer.export import UnsafeCheckpointError, export_backbone, load_backbone
 from visiontransfer.pretext import RotationPrediction
 
 
-def _train_checkpoint(tmp_path: Path, small_input_stem: bool) -> tuple[Path, RotationPrediction]:
-    L.seed_everything(0)
-    model = RotationPrediction(backbone="resnet10t", small_input_stem=small_input_stem, head_hidden_dim=8)
-    data = PretrainDataModule(image_size=32, batch_size=8, synthetic_size=16, num_workers=0)
-    trainer = L.Trainer(
-        max_steps=1, limit_val_batches=0, logger=False, enable_progress_bar=False,
-        enable_model_summary=False, default_root_dir=tmp_path,
-    )  # fmt: skip
-    trainer.fit(model, data)
-    path = tmp_path / "model.ckpt"
-    trainer.save_checkpoint(path)
-    return path, model
-
-
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, RotationPrediction]]:
+def trained(
+    tmp_path_factory: pytest.TempPathFactory, rotation_checkpoint
+) -> dict[str, tuple[Path, RotationPrediction]]:
     root = tmp_path_factory.mktemp("export")
     return {
-        "plain": _train_checkpoint(root / "plain", small_input_stem=False),
-        "small": _train_checkpoint(root / "small", small_input_stem=True),
+        "plain": rotation_checkpoint(root / "plain" / "model.ckpt", small_input_stem=False),
+        "small": rotation_checkpoint(root / "small" / "model.ckpt", small_input_stem=True),
     }
 
 

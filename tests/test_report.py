@@ -9,14 +9,11 @@ import shutil
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 from PIL import Image
 
 from visiontransfer import report
-from visiontransfer.data import PretrainDataModule
-from visiontransfer.pretext import RotationPrediction
 
 CLASSES = ("airplane", "automobile", "cat", "dog")
 FRACTIONS = ("0.25", "1.0")
@@ -33,19 +30,10 @@ def one_thread() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def pretext_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def pretext_ckpt(tmp_path_factory: pytest.TempPathFactory, rotation_checkpoint) -> Path:
     """A RotNet checkpoint of a tiny timm ResNet (small-image stem), one training step."""
-    L.seed_everything(0)
-    model = RotationPrediction(backbone="test_resnet", small_input_stem=True, head_hidden_dim=8)
-    data = PretrainDataModule(image_size=32, batch_size=8, synthetic_size=16, num_workers=0)
-    trainer = L.Trainer(
-        max_steps=1, limit_val_batches=0, logger=False, enable_progress_bar=False,
-        enable_model_summary=False, enable_checkpointing=False,
-    )  # fmt: skip
-    trainer.fit(model, data)
-    path = tmp_path_factory.mktemp("pretext") / "rotation.ckpt"
-    trainer.save_checkpoint(path)
-    return path
+    folder = tmp_path_factory.mktemp("pretext")
+    return rotation_checkpoint(folder / "rotation.ckpt", backbone="test_resnet", small_input_stem=True)[0]
 
 
 @pytest.fixture(scope="module")

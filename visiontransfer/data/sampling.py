@@ -23,6 +23,13 @@ SeededIndex = tuple[int, int]
 """What :class:`ResumableSampler` yields: ``(dataset index, augmentation seed)``."""
 
 
+def resume_position(state: dict[str, int], batches_per_epoch: int) -> tuple[int, int]:
+    """``(epoch, batches done in it)`` to continue from a loader's saved state: the next epoch from
+    its start when the saved one was complete."""
+    epoch, done = int(state["epoch"]), int(state["batches_done"])
+    return (epoch + 1, 0) if done >= batches_per_epoch else (epoch, done)
+
+
 class ResumableSampler(DistributedSampler):  # type: ignore[type-arg]
     """A seeded shuffle of the dataset, split across ranks, that can start mid-epoch.
 
@@ -105,8 +112,6 @@ class ResumableLoader(DataLoader):  # type: ignore[type-arg]
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         """Continue after the last batch done (or with the next epoch, if the epoch was complete)."""
-        epoch, done = int(state["epoch"]), int(state["batches_done"])
-        if done >= len(self):
-            epoch, done = epoch + 1, 0
+        epoch, done = resume_position(state, len(self))
         self.resumable_sampler.set_epoch(epoch)
         self.resumable_sampler.start = done * self.batch_size  # type: ignore[operator]

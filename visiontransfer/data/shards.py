@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from visiontransfer.data.datasets import Sample, Skipped, to_chw_tensor
 from visiontransfer.data.decode import DEFAULT_MAX_PIXELS, UnreadableImageError, decode_rgb
 from visiontransfer.data.index import scan_class_folders, scan_images
+from visiontransfer.data.sampling import resume_position
 from visiontransfer.data.transforms import seed_transform
 from visiontransfer.errors import ConfigError, MissingPathError
 
@@ -304,11 +305,7 @@ class ShardLoader(DataLoader):  # type: ignore[type-arg]
         return {"epoch": self._epoch, "batches_done": self._batches_done}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        epoch, done = int(state["epoch"]), int(state["batches_done"])
-        if done >= len(self):
-            epoch, done = epoch + 1, 0
-        self._next_epoch = epoch
-        self.stream.skip_batches = done
+        self._next_epoch, self.stream.skip_batches = resume_position(state, len(self))
 
 
 def main(args: list[str]) -> None:

@@ -12,12 +12,13 @@ import pytest
 import torch
 
 from visiontransfer.cli import main as cli_main
-from visiontransfer.data import PretrainDataModule
+from visiontransfer.data import ClassificationDataModule, PretrainDataModule
 from visiontransfer.data.datasets import collate_samples
 from visiontransfer.data.shards import ShardLoader, ShardStream, read_index, write_shards
 from visiontransfer.data.transforms import eval_transform, train_transform
-from visiontransfer.errors import MissingPathError
+from visiontransfer.errors import ConfigError, MissingPathError
 from visiontransfer.pretext import RotationPrediction
+from visiontransfer.transfer import ImageClassifier
 
 PER_CLASS = 12
 
@@ -119,3 +120,46 @@ def test_missing_index_and_shard_command_errors(tmp_path: Path, capsys: pytest.C
         cli_main(["shard", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")])
     assert exited.value.code == 2
     assert "nowhere" in capsys.readouterr().err
+
+
+def test_classification_reads_labeled_shards_through_the_datamodule(
+    shard_dir: Path, cifar10_dir: Path, tmp_path: Path
+) -> None:
+    data = ClassificationDataModule(shards=str(shard_dir), image_size=32, batch_size=8, num_workers=0)
+    assert data.num_classes == 5 and data.classes == sorted(data.classes)
+    model = ImageClassifier(backbone="resnet10t", strategy="finetune", lr=1e-3)
+    trainer = L.Trainer(
+        default_root_dir=tmp_path, max_epochs=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(model, data)
+    assert trainer.global_step == 7  # 54 training images in batches of 8
+    assert data.datasets["val"].samples == 6  # the val-* shards
+    seen = {int(label) for batch in data.val_dataloader() for label in batch["label"]}
+    assert seen <= set(range(5)) and seen  # labels stored in the shards, classes from index.json
+    assert model.num_classes == 5
+
+
+def test_classification_shard_errors_name_the_flag_and_the_fix(shard_dir: Path, tmp_path: Path) -> None:
+    unlabeled = tmp_path / "unlabeled"
+    write_shards(str(shard_dir.parent / "tree"), str(unlabeled), shard_size=16)
+    with pytest.raises(ConfigError, match=r"--data\.shards=.*no labels.*--labeled"):
+        ClassificationDataModule(shards=str(unlabeled))
+    with pytest.raises(ConfigError, match=r"--data\.samples_per_class.*--data\.root or --data\.manifest"):
+        ClassificationDataModule(shards=str(shard_dir), samples_per_class=2)
+    with pytest.raises(ConfigError, match=r"one of --data\.root, --data\.manifest or --data\.shards"):
+        ClassificationDataModule(shards=str(shard_dir), root=str(tmp_path))
+    no_val = tmp_path / "no_val"
+    write_shards(str(shard_dir.parent / "tree"), str(no_val), shard_size=16, labeled=True)
+    with pytest.raises(ConfigError, match=r"no val-\* shards: give --data\.val_root"):
+        ClassificationDataModule(shards=str(no_val)).setup("fit")
+    with pytest.raises(ConfigError, match=r"no val-\* shards"):
+        PretrainDataModule(shards=str(no_val)).setup("fit")
+
+
+def test_cli_transfer_from_shards(shard_dir: Path, tmp_path: Path) -> None:
+    cli_main([
+        "fit", "--config", "configs/transfer/linear_probe.yaml", "--model.backbone", "resnet10t",
+        "--model.small_input_stem", "false", "--data.shards", str(shard_dir), "--data.num_workers", "0",
+        "--data.batch_size", "8", "--trainer.fast_dev_run", "2", "--trainer.default_root_dir", str(tmp_path),
+    ])  # fmt: skip

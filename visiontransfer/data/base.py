@@ -150,6 +150,14 @@ class _ImageDataModule(L.LightningDataModule):
             return DataLoader(stream, batch_size=self.batch_size, **{**options, "persistent_workers": False})
         return self._track(ShardLoader(stream, self.batch_size, **options))
 
+    def _shard_streams(self, folder: str, buffer_size: int) -> tuple[ShardStream, ShardStream | None]:
+        """Training stream over ``shard-*`` and, when the folder has them, one over ``val-*``."""
+        common = {"seed": self.seed, "max_pixels": self.max_pixels, "buffer_size": buffer_size}
+        train = ShardStream(folder, self._train_tf, "train", **common)  # type: ignore[arg-type]
+        if not train.val_samples:
+            return train, None
+        return train, ShardStream(folder, self._eval_tf, "val", shuffle=False, **common)  # type: ignore[arg-type]
+
     def _track(self, loader: ResumableLoader | ShardLoader) -> DataLoader[Any]:
         """Remember the training loader and give it a position restored from a checkpoint."""
         self._train_loader = loader

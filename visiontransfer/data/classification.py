@@ -17,6 +17,7 @@ import numpy as np
 from visiontransfer.data.base import _ImageDataModule, probe_readable
 from visiontransfer.data.decode import DEFAULT_MAX_PIXELS
 from visiontransfer.data.index import PathTable, read_manifest, scan_class_folders
+from visiontransfer.data.shards import read_index
 from visiontransfer.data.subsets import stratified_split, stratified_subset
 from visiontransfer.data.synthetic import SHAPES
 from visiontransfer.data.transforms import Augment
@@ -54,6 +55,17 @@ def _find_split(root: str, split: str) -> str | None:
     return None
 
 
+def _shard_classes(folder: str) -> list[str]:
+    """Class names stored in a shard folder's index; an unlabeled folder is an error."""
+    classes = list(read_index(folder)["classes"])
+    if not classes:
+        raise ConfigError(
+            f"--data.shards={folder!r} holds no labels: write the shards from a class-per-folder "
+            "tree with `visiontransfer shard SRC --out DIR --labeled`"
+        )
+    return classes
+
+
 class ClassificationDataModule(_ImageDataModule):
     """Labeled images for downstream classification, with small-label subsets.
 
@@ -63,6 +75,12 @@ class ClassificationDataModule(_ImageDataModule):
         root: Class-per-folder tree, or a folder holding ``train/`` (and optionally ``val/``,
             ``test/``) class-per-folder trees.
         manifest: Instead of ``root``: a CSV file with ``path`` and ``label`` columns.
+        shards: Instead of ``root``: a folder of labeled tar shards written by
+            ``visiontransfer shard SRC --out DIR --labeled`` (streamed, split across processes and
+            workers); validation reads its ``val-*`` shards unless ``val_root`` is given. The
+            whole set is used: ``samples_per_class`` and ``label_fraction`` need ``root`` or
+            ``manifest``.
+        shuffle_buffer: Samples per worker in the shuffle buffer when reading ``shards``.
         val_root: Validation set (a class-per-folder tree or a CSV manifest); default: ``root/val``
             if present, else a stratified ``val_fraction`` of the training images.
         test_root: Test set (folder or CSV manifest); default: ``root/test`` if present.
@@ -84,6 +102,8 @@ class ClassificationDataModule(_ImageDataModule):
         self,
         root: str | None = None,
         manifest: str | None = None,
+        shards: str | None = None,
+        shuffle_buffer: int = 2000,
         val_root: str | None = None,
         test_root: str | None = None,
         samples_per_class: int | None = None,
@@ -103,12 +123,20 @@ class ClassificationDataModule(_ImageDataModule):
             image_size, batch_size, augment, num_workers, pin_memory, persistent_workers,
             seed, max_pixels, synthetic_size,
         )  # fmt: skip
-        if root is not None and manifest is not None:
-            raise ConfigError("give --data.root or --data.manifest, not both")
+        if sum(x is not None for x in (root, manifest, shards)) > 1:
+            raise ConfigError("give one of --data.root, --data.manifest or --data.shards")
         # Fail on a bad budget now, not after indexing.
         stratified_subset(np.zeros(1, np.int64), samples_per_class, label_fraction)
+        self._shard_classes = None if shards is None else _shard_classes(shards)
+        if shards is not None and (samples_per_class is not None or label_fraction is not None):
+            raise ConfigError(
+                "--data.samples_per_class and --data.label_fraction draw from an indexed set: "
+                "use --data.root or --data.manifest for small-label subsets, not --data.shards"
+            )
         self.root = root
         self.manifest = manifest
+        self.shards = shards
+        self.shuffle_buffer = shuffle_buffer
         self.val_root = val_root
         self.test_root = test_root
         self.samples_per_class = samples_per_class
@@ -138,7 +166,9 @@ class ClassificationDataModule(_ImageDataModule):
         """Class names in label order (from the training folders or manifest)."""
         if self._classes is None:
             train = self._sources()["train"]
-            if train is None:
+            if self._shard_classes is not None:
+                self._classes = self._shard_classes
+            elif train is None:
                 self._classes = list(SHAPES)
             elif os.path.isdir(train):
                 try:
@@ -189,6 +219,9 @@ class ClassificationDataModule(_ImageDataModule):
     def setup(self, stage: str) -> None:
         if self.datasets:
             return
+        if self.shards is not None:
+            self._setup_shards(self.shards)
+            return
         sources = self._sources()
         if sources["train"] is None:
             self._setup_synthetic()
@@ -209,6 +242,24 @@ class ClassificationDataModule(_ImageDataModule):
             self.datasets["test"] = self._files(test.paths, test.labels, train=False)
         self.datasets["predict"] = self.datasets.get("test", self.datasets["val"])
 
+    def _setup_shards(self, folder: str) -> None:
+        train, val = self._shard_streams(folder, self.shuffle_buffer)
+        self.datasets["train"] = train
+        if self.val_root is not None:
+            held = self._read(self.val_root, "--data.val_root")
+            self.datasets["val"] = self._files(held.paths, held.labels, train=False)
+        elif val is not None:
+            self.datasets["val"] = val
+        else:
+            raise ConfigError(
+                f"--data.shards={folder!r} has no val-* shards: give --data.val_root, or write "
+                "them with `visiontransfer shard SRC --out DIR --labeled --val-fraction 0.05`"
+            )
+        if self.test_root is not None:
+            test = self._read(self.test_root, "--data.test_root")
+            self.datasets["test"] = self._files(test.paths, test.labels, train=False)
+        self.datasets["predict"] = self.datasets.get("test", self.datasets["val"])
+
     def _labeled_positions(self, labels: np.ndarray) -> np.ndarray:
         return stratified_subset(labels, self.samples_per_class, self.label_fraction, self.seed)
 
@@ -225,5 +276,7 @@ class ClassificationDataModule(_ImageDataModule):
 
     def train_label_counts(self) -> np.ndarray:
         """Training labels per class after subsetting (call after ``setup``)."""
-        labels = self.datasets["train"].labels  # type: ignore[attr-defined]
+        labels = getattr(self.datasets["train"], "labels", None)
+        if labels is None:
+            raise ConfigError("label counts need --data.root or --data.manifest, not --data.shards")
         return np.bincount(labels, minlength=self.num_classes)

@@ -9,7 +9,7 @@ import numpy as np
 from visiontransfer.data.base import _ImageDataModule, probe_readable
 from visiontransfer.data.decode import DEFAULT_MAX_PIXELS
 from visiontransfer.data.index import PathTable, read_manifest, scan_images
-from visiontransfer.data.shards import ShardStream, read_index
+from visiontransfer.data.shards import read_index
 from visiontransfer.data.subsets import stratified_split
 from visiontransfer.data.transforms import Augment
 from visiontransfer.errors import ConfigError, MissingPathError
@@ -94,10 +94,13 @@ class PretrainDataModule(_ImageDataModule):
         if self.datasets:
             return
         if self.shards is not None:
-            common = {"seed": self.seed, "max_pixels": self.max_pixels, "buffer_size": self.shuffle_buffer}
-            self.datasets["train"] = ShardStream(self.shards, self._train_tf, "train", **common)  # type: ignore[arg-type]
-            self.datasets["val"] = ShardStream(self.shards, self._eval_tf, "val", shuffle=False, **common)  # type: ignore[arg-type]
-            self.datasets["predict"] = self.datasets["val"]
+            stream, held = self._shard_streams(self.shards, self.shuffle_buffer)
+            if held is None:
+                raise ConfigError(
+                    f"--data.shards={self.shards!r} has no val-* shards to validate on: "
+                    "write them with `visiontransfer shard SRC --out DIR --val-fraction 0.01`"
+                )
+            self.datasets.update(train=stream, val=held, predict=held)
             return
         if self.root is None and self.manifest is None:
             n, n_val = self.synthetic_size, max(64, int(self.synthetic_size * self.val_fraction))

@@ -181,6 +181,7 @@ class ShardStream(IterableDataset[Sample | Skipped]):
         index = read_index(folder)
         self.shards: list[dict[str, Any]] = index["shards" if split == "train" else "val_shards"]
         self.samples = int(index["samples" if split == "train" else "val_samples"])
+        self.val_samples = int(index.get("val_samples", 0))
         self.classes: list[str] = list(index["classes"])
         self.transform = transform
         self.shuffle = shuffle

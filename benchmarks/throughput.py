@@ -9,7 +9,9 @@ untimed steps) on the same model, precision and batch:
 (b) **pipeline**: ``PretrainDataModule`` over JPEG files on disk (decode, albumentations, workers).
 
 It prints images/s of both and the ratio b/a (1.0: the data pipeline keeps up), medians over
-``--repeats`` runs. Then the CPU data pipeline alone, per core (one process): our decode +
+``--repeats`` runs. With ``--decode-on-device`` it adds (c): the same files with JPEG decoding and
+the crop moved to the training device (``--data.decode_on_device``: nvJPEG on a GPU), and c/a.
+Then the CPU data pipeline alone, per core (one process): our decode +
 albumentations preset against the same steps in torchvision v2 (``decode_jpeg`` + ``v2``).
 """
 
@@ -109,21 +111,29 @@ def ceiling_loader(args: argparse.Namespace) -> DataLoader[Any]:
     return DataLoader(dataset, batch_size=args.batch_size, shuffle=True, collate_fn=collate_samples)
 
 
-def pipeline_data(args: argparse.Namespace) -> PretrainDataModule:
+def pipeline_data(args: argparse.Namespace, on_device: bool = False) -> PretrainDataModule:
     return PretrainDataModule(
         root=str(args.data), image_size=args.image_size, batch_size=args.batch_size,
-        num_workers=args.workers, val_fraction=0.01, augment="crop_flip",
+        num_workers=args.workers, val_fraction=0.01, augment="crop_flip", decode_on_device=on_device,
     )  # fmt: skip
 
 
-def model_figures(args: argparse.Namespace) -> list[tuple[str, float, float]]:
+def model_figures(args: argparse.Namespace) -> list[tuple[str, float, float, float | None]]:
     rows = []
     for method in args.methods:
         ceiling = [timed_fit(method, ceiling_loader(args), args) for _ in range(args.repeats)]
         pipeline = [timed_fit(method, pipeline_data(args), args) for _ in range(args.repeats)]
         a, b = statistics.median(ceiling), statistics.median(pipeline)
-        rows.append((method, a, b))
-        print(f"{method}: ceiling {a:.0f} img/s, pipeline {b:.0f} img/s, ratio {b / a:.2f}", flush=True)
+        c = None
+        if args.decode_on_device:
+            c = statistics.median(
+                [timed_fit(method, pipeline_data(args, on_device=True), args) for _ in range(args.repeats)]
+            )
+        rows.append((method, a, b, c))
+        extra = "" if c is None else f", decode on device {c:.0f} img/s ({c / a:.2f})"
+        print(
+            f"{method}: ceiling {a:.0f} img/s, pipeline {b:.0f} img/s, ratio {b / a:.2f}{extra}", flush=True
+        )
     return rows
 
 
@@ -175,6 +185,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--precision", default="32-true")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--pipeline-images", type=int, default=2000)
+    parser.add_argument(
+        "--decode-on-device", action="store_true", help="also time (c): JPEG decode and crop on the device"
+    )
     parser.add_argument("--skip-models", action="store_true", help="only the per-core pipeline figures")
     args = parser.parse_args(argv)
     if not args.data.is_dir():
@@ -188,9 +201,14 @@ def main(argv: list[str] | None = None) -> None:
     print(f"device: {device}; {setting}")
     rows = [] if args.skip_models else model_figures(args)
     ours, theirs = pipeline_per_core(args)
-    print("\n| pretext | ceiling (img/s) | pipeline from JPEG (img/s) | ratio |\n| --- | --- | --- | --- |")
-    for method, a, b in rows:
-        print(f"| {method} | {a:.0f} | {b:.0f} | {b / a:.2f} |")
+    head = "| pretext | ceiling a (img/s) | pipeline b (img/s) | b/a |"
+    rule = "| --- | --- | --- | --- |"
+    if args.decode_on_device:
+        head, rule = head + " decode on device c (img/s) | c/a |", rule + " --- | --- |"
+    print(f"\n{head}\n{rule}")
+    for method, a, b, c in rows:
+        extra = "" if c is None else f" {c:.0f} | {c / a:.2f} |"
+        print(f"| {method} | {a:.0f} | {b:.0f} | {b / a:.2f} |{extra}")
     print(
         f"\nCPU data pipeline, one process: ours {ours:.0f} img/s, torchvision v2 {theirs:.0f} img/s "
         f"(ratio {ours / theirs:.2f})"

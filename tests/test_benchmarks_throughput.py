@@ -22,8 +22,8 @@ def test_throughput_prints_ceiling_pipeline_and_per_core_figures(
     module.main([
         "--data", str(cifar10_dir / "train" / "cat"), "--methods", "rotation", "--backbone", "resnet10t",
         "--batch-size", "8", "--steps", "2", "--warmup", "1", "--repeats", "1", "--workers", "0",
-        "--pipeline-images", "40",
+        "--pipeline-images", "40", "--decode-on-device",
     ])  # fmt: skip
     out = capsys.readouterr().out
-    assert "| rotation |" in out and "ratio" in out
+    assert "| rotation |" in out and "ratio" in out and "decode on device" in out
     assert "CPU data pipeline, one process: ours" in out

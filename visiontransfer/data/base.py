@@ -22,6 +22,7 @@ from visiontransfer.data.datasets import (
     collate_samples,
 )
 from visiontransfer.data.decode import DEFAULT_MAX_PIXELS, UnreadableImageError, load_rgb
+from visiontransfer.data.device_decode import collate_encoded, decode_on_device
 from visiontransfer.data.index import PathTable
 from visiontransfer.data.sampling import ResumableLoader, ResumableSampler
 from visiontransfer.data.shards import ShardLoader, ShardStream
@@ -121,7 +122,7 @@ class _ImageDataModule(L.LightningDataModule):
             "num_workers": workers,
             "pin_memory": self.pin_memory and torch.cuda.is_available(),
             "persistent_workers": self.persistent_workers and workers > 0,
-            "collate_fn": collate_samples,
+            "collate_fn": collate_encoded if getattr(dataset, "encoded", False) else collate_samples,
             "worker_init_fn": _seed_worker,
         }
         trainer = getattr(self, "trainer", None)  # set by Lightning (None outside a Trainer)
@@ -204,6 +205,10 @@ class _ImageDataModule(L.LightningDataModule):
         return self._loader("predict", train=False)
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if isinstance(batch, dict) and "encoded" in batch:  # --data.decode_on_device
+            trainer = getattr(self, "trainer", None)
+            device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+            batch = decode_on_device(batch, self.image_size, device)
         if isinstance(batch, dict) and "skipped" in batch:
             skipped = batch.pop("skipped")
             if skipped:

@@ -8,10 +8,11 @@ import numpy as np
 
 from visiontransfer.data.base import _ImageDataModule, probe_readable
 from visiontransfer.data.decode import DEFAULT_MAX_PIXELS
+from visiontransfer.data.device_decode import EncodedFileDataset
 from visiontransfer.data.index import PathTable, read_manifest, scan_images
 from visiontransfer.data.shards import read_index
 from visiontransfer.data.subsets import stratified_split
-from visiontransfer.data.transforms import Augment
+from visiontransfer.data.transforms import CROP_SCALE, Augment
 from visiontransfer.errors import ConfigError, MissingPathError
 
 
@@ -29,6 +30,10 @@ class PretrainDataModule(_ImageDataModule):
             (streamed, split across processes and workers; validation reads its ``val-*`` shards
             and ``val_fraction`` is not used).
         shuffle_buffer: Samples per worker in the shuffle buffer when reading ``shards``.
+        decode_on_device: Decode training JPEGs in batches on the training device (nvJPEG on a
+            GPU) and cut the random-resized crop and flip there; workers only read bytes. For
+            large images when CPU workers can't feed the GPU; needs ``augment: crop_flip`` and
+            files or shards (see :mod:`visiontransfer.data.device_decode`).
         val_fraction: Share of the images held out to validate the pretext task.
         image_size: Side of the square crops fed to the model, in pixels.
         batch_size: Images per batch per process.
@@ -48,6 +53,7 @@ class PretrainDataModule(_ImageDataModule):
         manifest: str | None = None,
         shards: str | None = None,
         shuffle_buffer: int = 2000,
+        decode_on_device: bool = False,
         val_fraction: float = 0.05,
         image_size: int = 32,
         batch_size: int = 128,
@@ -75,6 +81,12 @@ class PretrainDataModule(_ImageDataModule):
         self.manifest = manifest
         self.shards = shards
         self.shuffle_buffer = shuffle_buffer
+        self.decode_on_device = decode_on_device
+        if decode_on_device and (augment != "crop_flip" or (root, manifest, shards) == (None, None, None)):
+            raise ConfigError(
+                "--data.decode_on_device true needs --data.augment crop_flip and image files "
+                "(--data.root, --data.manifest or --data.shards)"
+            )
         self.val_fraction = val_fraction
         self.save_hyperparameters()
 
@@ -95,6 +107,7 @@ class PretrainDataModule(_ImageDataModule):
             return
         if self.shards is not None:
             stream, held = self._shard_streams(self.shards, self.shuffle_buffer)
+            stream.encoded = self.decode_on_device
             if held is None:
                 raise ConfigError(
                     f"--data.shards={self.shards!r} has no val-* shards to validate on: "
@@ -114,6 +127,9 @@ class PretrainDataModule(_ImageDataModule):
         rel = table.relative
         train = PathTable(table.root, (rel(int(i)) for i in train_idx))
         val = PathTable(table.root, (rel(int(i)) for i in val_idx))
-        self.datasets["train"] = self._files(train, None, train=True)
+        if self.decode_on_device:
+            self.datasets["train"] = EncodedFileDataset(train, None, CROP_SCALE, self.max_pixels)
+        else:
+            self.datasets["train"] = self._files(train, None, train=True)
         self.datasets["val"] = self._files(val, None, train=False)
         self.datasets["predict"] = self.datasets["val"]

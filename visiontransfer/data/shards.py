@@ -34,9 +34,10 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from visiontransfer.data.datasets import Sample, Skipped, to_chw_tensor
 from visiontransfer.data.decode import DEFAULT_MAX_PIXELS, UnreadableImageError, decode_rgb
+from visiontransfer.data.device_decode import encoded_sample
 from visiontransfer.data.index import scan_class_folders, scan_images
 from visiontransfer.data.sampling import resume_position
-from visiontransfer.data.transforms import seed_transform
+from visiontransfer.data.transforms import CROP_SCALE, seed_transform
 from visiontransfer.errors import ConfigError, MissingPathError
 
 INDEX = "index.json"
@@ -165,7 +166,11 @@ class ShardStream(IterableDataset[Sample | Skipped]):
         buffer_size: Samples held in the shuffle buffer (per worker).
         seed: Seed of the shard order, the buffers and the per-sample augmentation seeds.
         max_pixels: Largest image decoded (see :func:`~visiontransfer.data.decode.load_rgb`).
+        encoded: Leave JPEG decoding and the crop to the training device
+            (:mod:`~visiontransfer.data.device_decode`); ``transform`` is then not used.
     """
+
+    encoded: bool
 
     def __init__(
         self,
@@ -176,8 +181,10 @@ class ShardStream(IterableDataset[Sample | Skipped]):
         buffer_size: int = 2000,
         seed: int = 0,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        encoded: bool = False,
     ) -> None:
         self.folder = folder
+        self.encoded = encoded
         index = read_index(folder)
         self.shards: list[dict[str, Any]] = index["shards" if split == "train" else "val_shards"]
         self.samples = int(index["samples" if split == "train" else "val_samples"])
@@ -265,11 +272,17 @@ class ShardStream(IterableDataset[Sample | Skipped]):
         where = f"{self.folder}:{key}"
         if data is None:
             return Skipped(where, "no image member for this key")
+        seed = (self.seed * 1_000_003 + self.epoch * 7919 + int(key)) % 2**31
+        if self.encoded:
+            sample = encoded_sample(data, where, seed, CROP_SCALE, self.max_pixels)
+            if isinstance(sample, dict):
+                sample.update(label=label, index=int(key))
+            return sample
         try:
             image = decode_rgb(io.BytesIO(data), where, self.max_pixels)
         except UnreadableImageError as error:
             return Skipped(where, error.reason)
-        seed_transform(self.transform, (self.seed * 1_000_003 + self.epoch * 7919 + int(key)) % 2**31)
+        seed_transform(self.transform, seed)
         image = self.transform(image=image)["image"]
         return {"image": to_chw_tensor(image), "label": label, "index": int(key)}
 

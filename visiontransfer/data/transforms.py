@@ -20,6 +20,9 @@ Augment = Literal["crop_flip", "flip", "none"]
 """Training presets: ``crop_flip`` (random crop and horizontal flip: padded crop up to 64 px,
 random-resized crop above), ``flip`` (resize, centre crop, horizontal flip), ``none`` (as eval)."""
 
+CROP_SCALE = (0.2, 1.0)
+"""Area share range of the random-resized crop of ``crop_flip`` above 64 px."""
+
 SMALL_IMAGE_MAX = 64
 """Up to this size, crops use the CIFAR recipe (reflect-pad by 1/8, random crop)."""
 
@@ -53,7 +56,7 @@ def train_transform(image_size: int, augment: Augment = "crop_flip") -> A.Compos
             A.RandomCrop(height=image_size, width=image_size),
         ]
     else:
-        steps = [A.RandomResizedCrop(size=(image_size, image_size), scale=(0.2, 1.0))]
+        steps = [A.RandomResizedCrop(size=(image_size, image_size), scale=CROP_SCALE)]
     return A.Compose([*steps, A.HorizontalFlip(p=0.5)])
 
 

@@ -78,3 +78,9 @@ def test_num_classes_disagreeing_with_the_data(capsys, tmp_path: Path) -> None:
     ]  # fmt: skip
     line = error_line(args, capsys, tmp_path)
     assert "--model.num_classes=3 but the data has 10 classes" in line
+
+
+def test_trainer_refusal_is_one_line_naming_the_trainer(capsys, tmp_path: Path) -> None:
+    args = ["fit", "--config", ROTATION, "--trainer.accelerator=cpu", "--trainer.strategy=fsdp"]
+    line = error_line(args, capsys, tmp_path)
+    assert "--trainer: The strategy `fsdp` requires a GPU accelerator" in line

@@ -18,6 +18,7 @@ from argparse import ArgumentError
 from pathlib import Path
 from typing import Any
 
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
@@ -88,7 +89,12 @@ class VisionTransferCLI(LightningCLI):
         plugins = _as_list(config.get("plugins"))
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             config["plugins"] = [*plugins, AtomicCheckpointIO()]
-        return super()._instantiate_trainer(config, callbacks)
+        try:
+            return super()._instantiate_trainer(config, callbacks)
+        except (ValueError, MisconfigurationException) as error:  # e.g. fsdp on CPU, devices > GPUs
+            if isinstance(error, ConfigError):
+                raise
+            raise ConfigError(f"--trainer: {error}") from None
 
     def before_fit(self) -> None:
         fit_config = self.config_init[self.subcommand]

@@ -3,7 +3,8 @@ same steps as 1 process on the same global batch (same losses, same weights with
 
 BatchNorm statistics are per process (SyncBatchNorm needs GPUs; on GPUs pass
 ``--trainer.sync_batchnorm true``), so BatchNorm layers are held in eval mode here; the
-ResumableSampler gives rank r the samples r, r + 2, ... of the 1-process order; SimCLR and CPC
+ResumableSampler gives rank r the samples r, r + 2, ... of the 1-process order (for detection,
+arranged into single-orientation batches on every rank); SimCLR and CPC
 draw their negatives from every process (``gather_with_grads``). Random on-device augmentations
 come from each process's own stream, so the stochastic parts are fixed here (SimCLR's views,
 CPC's per-patch augmentation); the online evaluators have their own DDP test
@@ -32,6 +33,9 @@ CASES = {
     "contrastive_patches": ("pretrain/contrastive_patches_quick.yaml", {"augment_patches": False}),
     "simclr": ("pretrain/simclr_quick.yaml", {"class_path": "ddp_helpers.FixedViewsSimCLR"}),
     "classification": ("transfer/quickstart_finetune.yaml", {"samples_per_class": None}),
+    # RetinaNet: its loss is a mean over images (FCOS normalises by the batch's foreground count
+    # and Faster R-CNN samples anchors at random, so neither is comparable step for step).
+    "detection": ("transfer/detect_retinanet.yaml", {"backbone": "resnet10t", "fpn_channels": 32}),
 }
 
 
@@ -46,6 +50,8 @@ def run(case: str, devices: int, tmp_path: Path) -> dict[str, object]:
     }
     if "samples_per_class" in model_args:
         data_args["samples_per_class"] = model_args.pop("samples_per_class")
+    if case == "detection":
+        data_args.update(image_size=64, augment="flip")
     model: dict[str, object] = {"init_args": model_args}
     if "class_path" in model_args:
         model = {"class_path": model_args.pop("class_path"), "init_args": model_args}

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import lightning as L
@@ -138,6 +140,18 @@ class BackboneSystem(L.LightningModule):
             opt, lambda step: warmup_cosine(step, total, warmup, self.min_lr_ratio)
         )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+@contextmanager
+def run_seeded() -> Iterator[None]:
+    """Draw random numbers from a stream seeded by the run's seed, leaving the global one as it was.
+
+    For weights built at set-up (heads sized from the data), when the global stream depends on what
+    ran before (DDP start-up, the sanity check): their initial values then don't.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(torch.initial_seed())
+        yield
 
 
 def classes_from_data(module: L.LightningModule, configured: int | None) -> int | None:

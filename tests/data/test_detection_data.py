@@ -16,10 +16,8 @@ from PIL import Image
 from visiontransfer.data.datasets import Skipped
 from visiontransfer.data.detection import (
     AnnotationError,
-    AspectRatioBatchSampler,
     DetectionDataModule,
     DetectionDataset,
-    DetectionRecord,
     clean_boxes,
     collate_detection,
     detection_train_transform,
@@ -28,6 +26,7 @@ from visiontransfer.data.detection import (
     read_voc,
     read_yolo,
 )
+from visiontransfer.data.sampling import ResumableLoader, ResumableSampler
 
 GREYSCALE = ("raccoon-150.jpg", "raccoon-152.jpg", "raccoon-161.jpg")
 
@@ -358,22 +357,22 @@ def test_negative_image_passes_the_pipeline() -> None:
 
 
 # -- batching -----------------------------------------------------------------------------------
-def test_aspect_ratio_batches() -> None:
-    groups = [0, 1, 0, 0, 1, 1, 1, 0, 0, 1, 0]
-    sizes = {0: (20, 10), 1: (10, 20)}  # (width, height): landscape, portrait
-    empty = np.zeros((0, 4))
-    records = [DetectionRecord(f"{i}.jpg", empty, np.zeros(0), *sizes[g]) for i, g in enumerate(groups)]
-    dataset = DetectionDataset(records, detection_train_transform(32, "none"))
-    assert dataset.group_ids == groups
-    torch.manual_seed(0)
-    for drop_last in (False, True):
-        sampler = AspectRatioBatchSampler(torch.utils.data.RandomSampler(dataset), 3, drop_last)
-        batches = list(sampler)
-        assert len(batches) == len(sampler)
-        flat = [i for b in batches for i in b]
-        assert len(flat) == len(set(flat)) and (drop_last or sorted(flat) == list(range(len(groups))))
-        full = [b for b in batches if len({groups[i] for i in b}) == 1]
-        assert len(full) >= 2 * (len(groups) // 3) // 2  # each group fills its own batches
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_grouped_order_gives_single_group_batches_on_every_rank(ranks: int) -> None:
+    groups = [0, 1, 0, 0, 1, 1, 1, 0, 0, 1, 0, 1, 1, 0, 0, 0, 1]
+    dataset = list(range(len(groups)))
+    for epoch in range(3):
+        shares = []
+        for rank in range(ranks):
+            sampler = ResumableSampler(dataset, ranks, rank, seed=1, group_ids=groups, batch_size=3)
+            sampler.set_epoch(epoch)
+            shares.append([index for index, _ in sampler])
+        flat = [i for share in shares for i in share]
+        assert sorted(set(flat)) == dataset  # every index, padding repeats at most a few
+        batches = [share[i : i + 3] for share in shares for i in range(0, len(share), 3)]
+        mixed = [b for b in batches if len({groups[i] for i in b}) > 1]
+        assert len(mixed) <= ranks  # only the leftovers at the end of the epoch mix
+        assert len(batches) - len(mixed) >= (len(groups) // (3 * ranks) - 1) * ranks
 
 
 def test_grouped_train_loader(raccoon_root: Path) -> None:
@@ -383,12 +382,36 @@ def test_grouped_train_loader(raccoon_root: Path) -> None:
     )  # fmt: skip
     dm.setup("fit")
     loader = dm.train_dataloader()
-    assert isinstance(loader.batch_sampler, AspectRatioBatchSampler)
+    assert isinstance(loader, ResumableLoader)
     group = dm.datasets["train"].group_ids
     assert 0 < sum(group) < len(group)  # the raccoon photos have both orientations
-    batches = list(loader.batch_sampler)
-    mixed = [b for b in batches if len({group[i] for i in b}) > 1]
+    batches = list(loader.batch_sampler)  # type: ignore[arg-type]
+    mixed = [b for b in batches if len({group[index] for index, _ in b}) > 1]
     assert len(mixed) <= 1 and len(batches) == len(loader) >= 39
+
+
+def test_detection_loader_resumes_mid_epoch_with_the_same_batches(raccoon_root: Path) -> None:
+    def datamodule() -> DetectionDataModule:
+        dm = DetectionDataModule(
+            root=str(raccoon_root), train_split="data/train_labels.csv",
+            val_split="data/test_labels.csv", image_size=48, batch_size=8, num_workers=0,
+        )  # fmt: skip
+        dm.setup("fit")
+        return dm
+
+    full = list(datamodule().train_dataloader())
+    first = datamodule()
+    loader = first.train_dataloader()
+    seen = [batch for _, batch in zip(range(5), loader, strict=False)]
+    state = first.state_dict()
+    resumed = datamodule()
+    resumed.load_state_dict(state)
+    rest = list(resumed.train_dataloader())
+    assert len(seen) + len(rest) == len(full)
+    for a, b in zip(seen + rest, full, strict=True):
+        assert torch.equal(a["index"], b["index"])
+        assert all(torch.equal(x, y) for x, y in zip(a["image"], b["image"], strict=True))  # same crops
+        assert all(torch.equal(x["boxes"], y["boxes"]) for x, y in zip(a["target"], b["target"], strict=True))
 
 
 def test_datamodule_reads_coco_and_yolo(tmp_path: Path) -> None:

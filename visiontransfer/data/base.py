@@ -7,6 +7,7 @@ embedded procedural set, so every command runs without data to fetch.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +102,7 @@ class _ImageDataModule(L.LightningDataModule):
         self.datasets: dict[str, Dataset[Any]] = {}
         self._train_loader: ResumableLoader | ShardLoader | None = None
         self._pending_loader_state: dict[str, int] | None = None
+        self._collate: Callable[[list[Any]], dict[str, Any]] = collate_samples
         # Train and eval pipelines are built once; workers reseed their own copies.
         self._train_tf = train_transform(image_size, augment)
         self._eval_tf = eval_transform(image_size)
@@ -122,7 +124,7 @@ class _ImageDataModule(L.LightningDataModule):
             "num_workers": workers,
             "pin_memory": self.pin_memory and torch.cuda.is_available(),
             "persistent_workers": self.persistent_workers and workers > 0,
-            "collate_fn": collate_encoded if getattr(dataset, "encoded", False) else collate_samples,
+            "collate_fn": collate_encoded if getattr(dataset, "encoded", False) else self._collate,
             "worker_init_fn": _seed_worker,
         }
         trainer = getattr(self, "trainer", None)  # set by Lightning (None outside a Trainer)
@@ -135,6 +137,8 @@ class _ImageDataModule(L.LightningDataModule):
             num_replicas=trainer.world_size if trainer is not None else 1,
             rank=trainer.global_rank if trainer is not None else 0,
             seed=self.seed,
+            group_ids=self._group_ids(dataset),
+            batch_size=self.batch_size,
         )
         drop_last = sampler.num_samples > self.batch_size
         loader = ResumableLoader(dataset, sampler, self.batch_size, drop_last=drop_last, **options)
@@ -150,6 +154,10 @@ class _ImageDataModule(L.LightningDataModule):
             stream.batch_size = self.batch_size
             return DataLoader(stream, batch_size=self.batch_size, **{**options, "persistent_workers": False})
         return self._track(ShardLoader(stream, self.batch_size, **options))
+
+    def _group_ids(self, dataset: Dataset[Any]) -> list[int] | None:
+        """Group of each training sample for single-group batches (see ResumableSampler); None: any mix."""
+        return None
 
     def _shard_streams(self, folder: str, buffer_size: int) -> tuple[ShardStream, ShardStream | None]:
         """Training stream over ``shard-*`` and, when the folder has them, one over ``val-*``."""

@@ -36,7 +36,7 @@ class Skipped:
     reason: str
 
 
-def _reseed(transform: A.Compose, key: int | SeededIndex) -> int:
+def reseed(transform: A.Compose, key: int | SeededIndex) -> int:
     """The dataset index of ``key``; a ``(index, seed)`` key also reseeds the augmentation."""
     if isinstance(key, tuple):
         index, seed = key
@@ -78,7 +78,7 @@ class ImageFileDataset(Dataset[Sample | Skipped]):
         return len(self.paths)
 
     def __getitem__(self, key: int | SeededIndex) -> Sample | Skipped:
-        index = _reseed(self.transform, key)
+        index = reseed(self.transform, key)
         path = self.paths[index]
         try:
             image = load_rgb(path, self.max_pixels)
@@ -121,7 +121,7 @@ class SyntheticDataset(Dataset[Sample]):
         return len(self.scenes)
 
     def __getitem__(self, key: int | SeededIndex) -> Sample:
-        index = _reseed(self.transform, key)
+        index = reseed(self.transform, key)
         scene = render_scene(int(self.scenes[index]), self.image_size, self.num_classes, self.seed)
         image = self.transform(image=scene.image)["image"]
         return {"image": to_chw_tensor(image), "label": scene.label, "index": index}

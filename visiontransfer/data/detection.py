@@ -22,7 +22,7 @@ import os
 import warnings
 import xml.etree.ElementTree as ET
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -33,12 +33,13 @@ import cv2
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
+from torch.utils.data import Dataset
 
-from visiontransfer.data.base import _ImageDataModule, _seed_worker, probe_readable
-from visiontransfer.data.datasets import Skipped, to_chw_tensor
+from visiontransfer.data.base import _ImageDataModule, probe_readable
+from visiontransfer.data.datasets import Skipped, reseed, to_chw_tensor
 from visiontransfer.data.decode import DEFAULT_MAX_PIXELS, UnreadableImageError, has_image_extension, load_rgb
 from visiontransfer.data.index import PathTable, scan_images
+from visiontransfer.data.sampling import SeededIndex
 from visiontransfer.data.synthetic import SHAPES, render_scene
 from visiontransfer.data.transforms import seed_transform
 from visiontransfer.errors import ConfigError, MissingPathError
@@ -656,7 +657,8 @@ class DetectionDataset(Dataset[DetectionSample | Skipped]):
         """Aspect-ratio group of each image: 0 landscape or square (or unknown), 1 portrait."""
         return [int(bool(r.width and r.height and r.height > r.width)) for r in self.records]
 
-    def __getitem__(self, index: int) -> DetectionSample | Skipped:
+    def __getitem__(self, key: int | SeededIndex) -> DetectionSample | Skipped:
+        index = reseed(self.transform, key)
         record = self.records[index]
         try:
             image = load_rgb(record.path, self.max_pixels)
@@ -696,7 +698,8 @@ class SyntheticDetectionDataset(Dataset[DetectionSample]):
     def __len__(self) -> int:
         return len(self.scenes)
 
-    def __getitem__(self, index: int) -> DetectionSample:
+    def __getitem__(self, key: int | SeededIndex) -> DetectionSample:
+        index = reseed(self.transform, key)
         scene = render_scene(int(self.scenes[index]), self.image_size, len(SHAPES), self.seed)
         return _sample(scene.image, scene.boxes, scene.box_labels + 1, self.transform, index)
 
@@ -717,59 +720,6 @@ def collate_detection(samples: list[DetectionSample | Skipped]) -> dict[str, Any
         "orig_size": torch.as_tensor([s["orig_size"] for s in good], dtype=torch.int64).reshape(-1, 2),
         "skipped": [(s.path, s.reason) for s in samples if isinstance(s, Skipped)],
     }
-
-
-class AspectRatioBatchSampler(BatchSampler):
-    """Batches whose images share an aspect-ratio group (landscape or portrait), so little of a
-    padded batch is padding. Indices come from ``sampler`` in its order; each group fills its own
-    batch; the leftovers of all groups form the last, mixed batches.
-
-    Args:
-        sampler: Source of indices (a ``RandomSampler`` for training, a ``DistributedSampler`` ...).
-        batch_size: Images per batch.
-        drop_last: Drop a last incomplete batch.
-        group_ids: Group of every dataset index; default: ``group_ids`` of the sampler's dataset.
-    """
-
-    def __init__(
-        self,
-        sampler: Sampler[int],
-        batch_size: int,
-        drop_last: bool = False,
-        group_ids: Sequence[int] | None = None,
-    ) -> None:
-        super().__init__(sampler, batch_size, drop_last)
-        if group_ids is None:
-            dataset = getattr(sampler, "dataset", None) or getattr(sampler, "data_source", None)
-            group_ids = getattr(dataset, "group_ids", None)
-        if group_ids is None:
-            raise ConfigError(
-                "AspectRatioBatchSampler needs group_ids (or a sampler over a dataset with them)"
-            )
-        self.group_ids = list(group_ids)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        buckets: dict[int, list[int]] = defaultdict(list)
-        for index in self.sampler:
-            bucket = buckets[self.group_ids[index]]
-            bucket.append(index)
-            if len(bucket) == self.batch_size:
-                yield bucket[:]
-                bucket.clear()
-        leftovers = [i for group in sorted(buckets) for i in buckets[group]]
-        for start in range(0, len(leftovers), self.batch_size):
-            batch = leftovers[start : start + self.batch_size]
-            if len(batch) == self.batch_size or not self.drop_last:
-                yield batch
-
-    def __len__(self) -> int:
-        n = len(self.sampler)  # type: ignore[arg-type]
-        if n != len(self.group_ids):  # a shard of the dataset: the group counts are not known
-            return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-        counts = Counter(self.group_ids).values()
-        full = sum(c // self.batch_size for c in counts)
-        rest = sum(c % self.batch_size for c in counts)
-        return full + (rest // self.batch_size if self.drop_last else -(-rest // self.batch_size))
 
 
 # -- splits -------------------------------------------------------------------------------------
@@ -927,6 +877,7 @@ class DetectionDataModule(_ImageDataModule):
         self._eval_tf = detection_eval_transform(image_size)
         seed_transform(self._train_tf, seed)
         self._data: DetectionAnnotations | None = None
+        self._collate = collate_detection
         self.save_hyperparameters()
 
     # -- annotations ----------------------------------------------------------------------------
@@ -1054,28 +1005,11 @@ class DetectionDataModule(_ImageDataModule):
         self.datasets["test"] = SyntheticDetectionDataset(test, self._eval_tf, size, self.seed)
         self.datasets["predict"] = self.datasets["test"]
 
-    def _loader(self, split: str, train: bool) -> DataLoader[Any]:
-        if split not in self.datasets:
-            raise RuntimeError(
-                f"no {split} set: {type(self).__name__}.setup() has not built one for this stage"
-            )
-        dataset = self.datasets[split]
-        drop_last = train and len(dataset) > self.batch_size  # type: ignore[arg-type]
-        sampler = RandomSampler(dataset) if train else SequentialSampler(dataset)  # type: ignore[arg-type]
-        if train and self.aspect_ratio_grouping:
-            batches: BatchSampler = AspectRatioBatchSampler(sampler, self.batch_size, drop_last)
-        else:
-            batches = BatchSampler(sampler, self.batch_size, drop_last)
-        workers = self.num_workers
-        return DataLoader(
-            dataset,
-            batch_sampler=batches,
-            num_workers=workers,
-            pin_memory=self.pin_memory and torch.cuda.is_available(),
-            persistent_workers=self.persistent_workers and workers > 0,
-            collate_fn=collate_detection,
-            worker_init_fn=_seed_worker,
-        )
+    def _group_ids(self, dataset: Dataset[Any]) -> list[int] | None:
+        """Landscape / portrait group of each training image when ``aspect_ratio_grouping``."""
+        if not self.aspect_ratio_grouping:
+            return None
+        return list(getattr(dataset, "group_ids", [])) or None
 
     def record(self, split: str, index: int) -> DetectionRecord | None:
         """The record of item ``index`` of a split (None for the embedded set)."""

@@ -13,7 +13,8 @@ where a run was resumed.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sized
+from collections import defaultdict
+from collections.abc import Iterator, Sequence, Sized
 from typing import Any
 
 import numpy as np
@@ -44,6 +45,11 @@ class ResumableSampler(DistributedSampler):  # type: ignore[type-arg]
         shuffle: Permute the samples each epoch (else dataset order).
         seed: Seed of the permutations and of the per-sample augmentation seeds.
         drop_last: Cut the epoch to a multiple of the ranks instead of padding it.
+        group_ids: Group of every dataset index (e.g. landscape / portrait). When given, the epoch
+            is arranged so that every batch of ``batch_size`` on every rank holds one group (the
+            leftovers of all groups form the last, mixed batches): less padding in batches of
+            images of different shapes.
+        batch_size: Batch size per rank; needed with ``group_ids``.
     """
 
     def __init__(
@@ -54,6 +60,8 @@ class ResumableSampler(DistributedSampler):  # type: ignore[type-arg]
         shuffle: bool = True,
         seed: int = 0,
         drop_last: bool = False,
+        group_ids: Sequence[int] | None = None,
+        batch_size: int = 1,
     ) -> None:
         super().__init__(
             dataset,  # type: ignore[arg-type]
@@ -65,6 +73,26 @@ class ResumableSampler(DistributedSampler):  # type: ignore[type-arg]
         )
         self.start = 0
         """Samples of this rank's share to skip at the next ``__iter__`` (then reset to 0)."""
+        if group_ids is not None and len(group_ids) != len(dataset):
+            raise ValueError(f"{len(group_ids)} group ids for a dataset of {len(dataset)}")
+        self.group_ids = None if group_ids is None else list(group_ids)
+        self.batch_size = batch_size
+
+    def _grouped(self, order: np.ndarray) -> np.ndarray:
+        """``order`` rearranged into runs of ``batch_size × ranks`` same-group indices, taken in
+        order of completion; each rank's stride through a run is one single-group batch."""
+        assert self.group_ids is not None
+        run = self.batch_size * self.num_replicas
+        buckets: dict[int, list[int]] = defaultdict(list)
+        arranged: list[int] = []
+        for index in order:
+            bucket = buckets[self.group_ids[index]]
+            bucket.append(int(index))
+            if len(bucket) == run:
+                arranged += bucket
+                bucket.clear()
+        leftovers = [i for group in sorted(buckets) for i in buckets[group]]
+        return np.asarray(arranged + leftovers, dtype=np.int64)
 
     def epoch_order(self) -> tuple[np.ndarray, np.ndarray]:
         """This rank's dataset indices for the current epoch, and the seed of every dataset index."""
@@ -72,6 +100,8 @@ class ResumableSampler(DistributedSampler):  # type: ignore[type-arg]
         rng = np.random.default_rng([self.seed, self.epoch])
         order = rng.permutation(n) if self.shuffle else np.arange(n)
         seeds = rng.integers(0, 2**31 - 1, size=n)  # by dataset index: independent of the ranks
+        if self.group_ids is not None:
+            order = self._grouped(order)
         if self.drop_last:
             order = order[: self.total_size]
         elif self.total_size > n:

@@ -16,7 +16,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 
 from visiontransfer.errors import ConfigError
 from visiontransfer.heads import MLPHead
-from visiontransfer.system import BackboneSystem, classes_from_data
+from visiontransfer.system import BackboneSystem, classes_from_data, run_seeded
 from visiontransfer.transfer.freezing import (
     BatchNormMode,
     backbone_stages,
@@ -99,10 +99,7 @@ class ImageClassifier(BackboneSystem):
         if num_classes < 2:
             raise ConfigError(f"--model.num_classes={num_classes} must be >= 2")
         hidden = self.head_hidden_dim if self.head_kind == "mlp" else 0
-        # Built at set-up, when the random stream depends on what ran before (e.g. DDP start-up):
-        # seed the head from the run's seed so that its initial weights don't.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(torch.initial_seed())
+        with run_seeded():  # built at set-up: its weights must not depend on what ran before
             self.head = MLPHead(self.num_features, num_classes, hidden, self.dropout)
         self.num_classes = num_classes
         self.hparams["num_classes"] = num_classes

@@ -35,7 +35,7 @@ from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelMaxP
 
 from visiontransfer.backbones import FeatureBackbone, normalization
 from visiontransfer.errors import ConfigError
-from visiontransfer.system import BackboneSystem, classes_from_data
+from visiontransfer.system import BackboneSystem, classes_from_data, run_seeded
 from visiontransfer.transfer.freezing import (
     BatchNormMode,
     backbone_stages,
@@ -227,7 +227,18 @@ class ObjectDetector(BackboneSystem):
         out_indices = self.out_indices or tuple(range(max(0, info - levels), info))
         body = FeatureBackbone(self.backbone, out_indices)
         extra: Literal["pool", "p6p7"] = "pool" if self.detector_name == "fasterrcnn" else "p6p7"
-        pyramid = TimmFPNBackbone(body, self.fpn_channels, extra, register_body=False)
+        with run_seeded():  # built at set-up: its weights must not depend on what ran before
+            pyramid = TimmFPNBackbone(body, self.fpn_channels, extra, register_body=False)
+            self.detector = self._detector(pyramid, num_classes)
+        self.num_classes = num_classes
+        self.hparams["num_classes"] = num_classes
+        self.strides = pyramid.strides
+        self.metrics = nn.ModuleDict(
+            {stage: MeanAveragePrecision(box_format="xyxy", class_metrics=True) for stage in ("val", "test")}
+        )
+
+    def _detector(self, pyramid: TimmFPNBackbone, num_classes: int) -> nn.Module:
+        """The torchvision detector (its heads, anchors and transform) over ``pyramid``."""
         min_size = self.min_size or 320
         common: dict[str, Any] = {
             "min_size": min_size,
@@ -246,13 +257,7 @@ class ObjectDetector(BackboneSystem):
             detector = RetinaNet(pyramid, num_classes, anchor_generator=anchors, **common)
         else:
             detector = FCOS(pyramid, num_classes, anchor_generator=anchors, **common)
-        self.detector = detector
-        self.num_classes = num_classes
-        self.hparams["num_classes"] = num_classes
-        self.strides = pyramid.strides
-        self.metrics = nn.ModuleDict(
-            {stage: MeanAveragePrecision(box_format="xyxy", class_metrics=True) for stage in ("val", "test")}
-        )
+        return detector
 
     def _set_sizes(self, image_size: int) -> None:
         """Resize to the data's ``image_size`` in the detector unless ``min_size`` was given."""

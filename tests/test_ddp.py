@@ -13,6 +13,7 @@ CPC's per-patch augmentation); the online evaluators have their own DDP test
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -70,16 +71,21 @@ def run(case: str, devices: int, tmp_path: Path) -> dict[str, object]:
         "model": model,
         "data": {"init_args": data_args},
     }  # fmt: skip
-    override_file = tmp_path / f"{case}_{devices}.yaml"
+    cli("fit", config, override, tmp_path / f"{case}_{devices}.yaml")
+    return torch.load(out, weights_only=True)
+
+
+def cli(subcommand: str, config: str, override: dict[str, object], override_file: Path) -> None:
+    """``visiontransfer SUBCOMMAND --config CONFIG --config OVERRIDE`` in a subprocess, in the
+    override's folder, with the test helpers importable; it must succeed."""
     override_file.write_text(yaml.safe_dump(override))
     env = dict(os.environ, PYTHONPATH=str(REPO / "tests" / "helpers"), OMP_NUM_THREADS="1")
-    command = [sys.executable, "-m", "visiontransfer.cli", "fit", "--config", str(CONFIGS / config)]
+    command = [sys.executable, "-m", "visiontransfer.cli", subcommand, "--config", str(CONFIGS / config)]
     result = subprocess.run(
-        [*command, "--config", str(override_file)], cwd=tmp_path, env=env, capture_output=True, text=True,
-        timeout=600,
+        [*command, "--config", str(override_file)], cwd=override_file.parent, env=env,
+        capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]
-    return torch.load(out, weights_only=True)
 
 
 @pytest.mark.slow
@@ -94,3 +100,58 @@ def test_two_processes_take_the_same_steps_as_one(case: str, tmp_path: Path) -> 
     for name, value in weights_one.items():
         if value.is_floating_point():
             torch.testing.assert_close(weights_two[name], value, rtol=2e-3, atol=2e-4, msg=name)
+
+
+WRITERS = {
+    "classification": (
+        "transfer/quickstart_finetune.yaml",
+        "visiontransfer.transfer.PredictionWriter",
+        "csv",
+    ),
+    "detection": ("transfer/detect_retinanet.yaml", "visiontransfer.transfer.DetectionWriter", "json"),
+}
+
+
+def predict(case: str, devices: int, tmp_path: Path) -> Path:
+    """``visiontransfer predict`` with ``devices`` processes; the path of the writer's file."""
+    config, writer, suffix = WRITERS[case]
+    out = tmp_path / f"{case}_{devices}.{suffix}"
+    data: dict[str, object] = {"batch_size": 2, "num_workers": 0, "synthetic_size": 64}
+    model: dict[str, object] = {}
+    if case == "detection":
+        data["image_size"] = 64
+        model = {"backbone": "resnet10t", "fpn_channels": 32}
+    override = {
+        "trainer": {
+            "accelerator": "cpu", "devices": devices, "strategy": "ddp" if devices > 1 else "auto",
+            "logger": False, "enable_progress_bar": False, "default_root_dir": str(tmp_path / str(devices)),
+            "callbacks": [{"class_path": writer, "init_args": {"path": str(out)}}],
+        },
+        "model": {"init_args": model},
+        "data": {"init_args": data},
+    }  # fmt: skip
+    cli("predict", config, override, tmp_path / f"predict_{case}_{devices}.yaml")
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(WRITERS))
+def test_predict_with_two_processes_writes_every_image_once(case: str, tmp_path: Path) -> None:
+    """Each process predicts its share (the sampler pads with repeats); rank 0 writes them all."""
+    one, two = predict(case, 1, tmp_path), predict(case, 2, tmp_path)
+    if case == "classification":
+        rows_one = [line.split(",") for line in one.read_text().splitlines()]
+        rows_two = [line.split(",") for line in two.read_text().splitlines()]
+        assert len(rows_two) == len(rows_one) > 2 and len({r[0] for r in rows_two}) == len(rows_two)
+        for a, b in zip(rows_one[1:], rows_two[1:], strict=True):
+            assert a[:2] == b[:2] and float(a[2]) == pytest.approx(float(b[2]), abs=1e-5)
+        return
+    images_one = json.loads(one.with_name(f"{one.stem}_images.json").read_text())["images"]
+    images_two = json.loads(two.with_name(f"{two.stem}_images.json").read_text())["images"]
+    assert images_two == images_one and len(images_one) > 2
+    dets_one, dets_two = json.loads(one.read_text()), json.loads(two.read_text())
+    assert [d["image_id"] for d in dets_two] == [d["image_id"] for d in dets_one]
+    for a, b in zip(dets_one, dets_two, strict=True):
+        assert a["bbox"] == pytest.approx(b["bbox"], abs=0.05) and a["score"] == pytest.approx(
+            b["score"], abs=1e-4
+        )

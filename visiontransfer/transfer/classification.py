@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
+from visiontransfer.checkpoint_io import atomic_write
 from visiontransfer.errors import ConfigError
 from visiontransfer.heads import MLPHead
 from visiontransfer.system import BackboneSystem, classes_from_data, run_seeded
@@ -27,6 +28,7 @@ from visiontransfer.transfer.freezing import (
     set_requires_grad,
     stage_of_parameter,
 )
+from visiontransfer.transfer.outputs import gather_rows, output_path
 
 
 class ImageClassifier(BackboneSystem):
@@ -279,15 +281,14 @@ def save_confusion_matrix(
     folder = os.path.join(log_dir, "images")
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, f"{tag}_epoch{module.current_epoch:03d}.png")
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=100)
+    atomic_write(path, lambda temp: fig.savefig(temp, dpi=100, format="png"))
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 
 class PredictionWriter(L.Callback):
-    """Write ``predict`` results as CSV: path, predicted class, probability.
+    """Write ``predict`` results as CSV: path, predicted class, probability (one row per image,
+    gathered from every process under DDP).
 
     Args:
         path: Output CSV file (relative paths go into the run's log folder).
@@ -310,23 +311,25 @@ class PredictionWriter(L.Callback):
             self.rows.append((i, p, c))
 
     def on_predict_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        out = output_path(trainer, self.path)
+        rows = gather_rows(trainer, self.rows)
+        if not trainer.is_global_zero:
+            return
         datamodule = getattr(trainer, "datamodule", None)
         dataset = getattr(datamodule, "datasets", {}).get("predict")
         paths = getattr(dataset, "paths", None)
         scenes = getattr(dataset, "scenes", None)
         names = getattr(datamodule, "classes", None)
-        out = self.path if os.path.isabs(self.path) else os.path.join(trainer.log_dir or ".", self.path)
         os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-        tmp = out + ".tmp"
-        with open(tmp, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["path", "predicted_class", "probability"])
-            for index, pred, prob in sorted(self.rows):
-                where = (
-                    paths[index]
-                    if paths is not None
-                    else f"embedded:{int(scenes[index]) if scenes is not None else index}"
-                )
-                writer.writerow([where, names[pred] if names else pred, f"{prob:.6f}"])
-        os.replace(tmp, out)
+
+        def write(temp: str) -> None:
+            with open(temp, "w", newline="") as handle:
+                writer = csv.writer(handle)
+                writer.writerow(["path", "predicted_class", "probability"])
+                for index, pred, prob in rows:
+                    scene = int(scenes[index]) if scenes is not None else index
+                    where = paths[index] if paths is not None else f"embedded:{scene}"
+                    writer.writerow([where, names[pred] if names else pred, f"{prob:.6f}"])
+
+        atomic_write(out, write)
         print(f"predictions written to {out}")

@@ -18,7 +18,6 @@ in and back on the way out.
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from collections import OrderedDict
@@ -43,6 +42,7 @@ from visiontransfer.transfer.freezing import (
     modules_of_stages,
     set_requires_grad,
 )
+from visiontransfer.transfer.outputs import gather_rows, output_path, write_json
 
 DetectorName = Literal["fasterrcnn", "retinanet", "fcos"]
 """Detectors: ``fasterrcnn`` (two-stage), ``retinanet`` and ``fcos`` (one-stage)."""
@@ -384,7 +384,8 @@ class ObjectDetector(BackboneSystem):
 
 
 class DetectionWriter(L.Callback):
-    """Write ``predict`` results as COCO-format detections, and optionally images with their boxes.
+    """Write ``predict`` results as COCO-format detections, and optionally images with their boxes
+    (under DDP each process draws its own images; rank 0 writes the detections of all).
 
     ``path`` gets the COCO results list (``image_id``, ``category_id``, ``bbox`` ``[x, y, w, h]``
     in original pixels, ``score``), loadable with ``pycocotools``' ``COCO.loadRes``; beside it,
@@ -412,12 +413,12 @@ class DetectionWriter(L.Callback):
         self.max_drawn = max_drawn
         self.rows: list[tuple[int, Tensor, Tensor, Tensor]] = []
         self.drawn = 0
-
-    def _out(self, trainer: L.Trainer, path: str) -> str:
-        return path if os.path.isabs(path) else os.path.join(trainer.log_dir or ".", path)
+        self._draw_folder: str | None = None
 
     def on_predict_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.rows, self.drawn = [], 0
+        # Resolved here, on every process at once (the log folder is a collective under DDP).
+        self._draw_folder = None if self.draw_dir is None else output_path(trainer, self.draw_dir)
 
     def on_predict_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int,
@@ -425,14 +426,14 @@ class DetectionWriter(L.Callback):
     ) -> None:  # fmt: skip
         for k, (index, det) in enumerate(zip(outputs["index"].tolist(), outputs["detections"], strict=True)):
             self.rows.append((index, det["boxes"].cpu(), det["scores"].cpu(), det["labels"].cpu()))
-            if self.draw_dir is not None and self.drawn < self.max_drawn:
+            if self._draw_folder is not None and self.drawn < self.max_drawn:
                 self._draw(trainer, index, batch["image"][k].cpu(), det)
 
     def _draw(self, trainer: L.Trainer, index: int, image: Tensor, det: dict[str, Tensor]) -> None:
         from PIL import Image
         from torchvision.utils import draw_bounding_boxes
 
-        assert self.draw_dir is not None
+        assert self._draw_folder is not None
         names = getattr(trainer.datamodule, "classes", None)  # type: ignore[attr-defined]
         keep = det["scores"] >= self.draw_threshold
         labels = [
@@ -442,7 +443,7 @@ class DetectionWriter(L.Callback):
         drawn = draw_bounding_boxes(
             image, det["input_boxes"][keep].cpu(), labels=labels, colors="red", width=2
         )
-        folder = self._out(trainer, self.draw_dir)
+        folder = self._draw_folder
         os.makedirs(folder, exist_ok=True)
         source = _source_path(trainer, index)
         stem = os.path.splitext(os.path.basename(source))[0] if source else f"image_{index:06d}"
@@ -450,11 +451,15 @@ class DetectionWriter(L.Callback):
         self.drawn += 1
 
     def on_predict_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        out = output_path(trainer, self.path)
+        rows = gather_rows(trainer, self.rows)
+        if not trainer.is_global_zero:
+            return
         datamodule = trainer.datamodule  # type: ignore[attr-defined]
         category_ids = list(getattr(datamodule, "category_ids", None) or [])
         names = list(getattr(datamodule, "classes", None) or [])
         results, images = [], {}
-        for index, boxes, scores, labels in sorted(self.rows, key=lambda row: row[0]):
+        for index, boxes, scores, labels in rows:
             record = datamodule.record("predict", index) if hasattr(datamodule, "record") else None
             image_id = record.image_id if record is not None and record.image_id is not None else index
             images[image_id] = {"id": image_id, "file_name": record.path if record else f"embedded:{index}"}
@@ -465,11 +470,9 @@ class DetectionWriter(L.Callback):
                 results.append(
                     {"image_id": image_id, "category_id": category, "bbox": bbox, "score": round(score, 5)}
                 )
-        out = self._out(trainer, self.path)
-        os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
         categories = [{"id": c, "name": n} for c, n in zip(category_ids, names, strict=False)]
-        _write_json(out, results)
-        _write_json(
+        write_json(out, results)
+        write_json(
             os.path.splitext(out)[0] + "_images.json",
             {"images": list(images.values()), "categories": categories},
         )
@@ -480,10 +483,3 @@ def _source_path(trainer: L.Trainer, index: int) -> str | None:
     record_of = getattr(trainer.datamodule, "record", None)  # type: ignore[attr-defined]
     record = record_of("predict", index) if record_of else None
     return record.path if record is not None else None
-
-
-def _write_json(path: str, data: Any) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as handle:
-        json.dump(data, handle)
-    os.replace(tmp, path)

@@ -75,17 +75,26 @@ def run(case: str, devices: int, tmp_path: Path) -> dict[str, object]:
     return torch.load(out, weights_only=True)
 
 
-def cli(subcommand: str, config: str, override: dict[str, object], override_file: Path) -> None:
-    """``visiontransfer SUBCOMMAND --config CONFIG --config OVERRIDE`` in a subprocess, in the
-    override's folder, with the test helpers importable; it must succeed."""
+def cli(subcommand: str, config: str, override: dict[str, object], override_file: Path, *extra: str) -> str:
+    """``visiontransfer SUBCOMMAND [EXTRA] --config CONFIG --config OVERRIDE`` in a subprocess, in
+    the override's folder, with the test helpers importable; it must succeed. Returns its stdout."""
     override_file.write_text(yaml.safe_dump(override))
     env = dict(os.environ, PYTHONPATH=str(REPO / "tests" / "helpers"), OMP_NUM_THREADS="1")
-    command = [sys.executable, "-m", "visiontransfer.cli", subcommand, "--config", str(CONFIGS / config)]
+    command = [
+        sys.executable,
+        "-m",
+        "visiontransfer.cli",
+        subcommand,
+        *extra,
+        "--config",
+        str(CONFIGS / config),
+    ]
     result = subprocess.run(
         [*command, "--config", str(override_file)], cwd=override_file.parent, env=env,
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]
+    return result.stdout
 
 
 @pytest.mark.slow
@@ -155,3 +164,24 @@ def test_predict_with_two_processes_writes_every_image_once(case: str, tmp_path:
         assert a["bbox"] == pytest.approx(b["bbox"], abs=0.05) and a["score"] == pytest.approx(
             b["score"], abs=1e-4
         )
+
+
+@pytest.mark.slow
+def test_seeds_command_with_two_processes_and_a_logger(tmp_path: Path) -> None:
+    """Fit (validation, confusion-matrix image in the log folder) and test per seed under DDP:
+    rank-zero-only code must not call collectives (it hung here once), one summary is printed."""
+    override = {
+        "trainer": {
+            "accelerator": "cpu", "devices": 2, "strategy": "ddp", "max_epochs": 1,
+            "enable_progress_bar": False, "default_root_dir": str(tmp_path),
+            "logger": {
+                "class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(tmp_path)}
+            },
+        },
+        "data": {"init_args": {"num_workers": 0, "synthetic_size": 64}},
+    }  # fmt: skip
+    out = cli(
+        "seeds", "transfer/quickstart_finetune.yaml", override, tmp_path / "seeds.yaml", "--seeds", "0", "1"
+    )
+    assert out.count("| test/top1 |") == 1
+    assert list(tmp_path.rglob("val_confusion_epoch000.png"))

@@ -23,8 +23,9 @@ from torch import Tensor
 from torchvision.utils import make_grid
 
 
-def _log_dir(trainer: L.Trainer) -> str | None:
-    """``trainer.log_dir`` without its collective broadcast (callers may run on rank zero only)."""
+def log_folder(trainer: L.Trainer) -> str | None:
+    """``trainer.log_dir`` without its collective broadcast, for code that runs on rank zero only
+    (under DDP every rank must call ``trainer.log_dir``, or the run hangs)."""
     loggers = trainer.loggers
     if not loggers:
         return trainer.default_root_dir
@@ -92,7 +93,7 @@ def log_image_grid(module: L.LightningModule, tag: str, images: Tensor, nrow: in
     if trainer is None:
         return None
     try:
-        log_dir = _log_dir(trainer)
+        log_dir = log_folder(trainer)
     except Exception as error:
         rank_zero_warn(f"no log folder for image {tag!r}: {error}")
         log_dir = None

@@ -99,7 +99,8 @@ def test_skipped_files_written_to_log_dir(mixed_folder, tmp_path: Path):
     dm.setup("fit")
     run_loader(dm, "train")
     run_loader(dm, "val")
-    dm.trainer = SimpleNamespace(log_dir=str(tmp_path / "logs"))  # type: ignore[assignment]
+    trainer = SimpleNamespace(is_global_zero=True, loggers=[], default_root_dir=str(tmp_path / "logs"))
+    dm.trainer = trainer  # type: ignore[assignment]
     with pytest.warns(UserWarning, match=SUMMARY):
         dm.teardown("fit")
     lines = (tmp_path / "logs" / "skipped_files.txt").read_text().splitlines()

@@ -30,6 +30,7 @@ from visiontransfer.data.shards import ShardLoader, ShardStream
 from visiontransfer.data.synthetic import SHAPES
 from visiontransfer.data.transforms import Augment, eval_transform, seed_transform, train_transform
 from visiontransfer.errors import ConfigError
+from visiontransfer.imagelog import log_folder
 
 PROBE_FILES = 64
 """Files decoded at set-up to catch a folder with no readable image before training starts."""
@@ -230,7 +231,10 @@ class _ImageDataModule(L.LightningDataModule):
         unique = {id(d): d for d in self.datasets.values()}
         total = sum(len(d) for d in unique.values())  # type: ignore[arg-type, misc]
         self.skip_log.warn_once(total)
-        log_dir = getattr(getattr(self, "trainer", None), "log_dir", None)
+        trainer = getattr(self, "trainer", None)
+        # Rank zero writes its list (each rank warns about its own): trainer.log_dir is a
+        # collective under DDP, and ranks that skipped nothing return early above.
+        log_dir = log_folder(trainer) if trainer is not None and trainer.is_global_zero else None
         if log_dir:
             Path(log_dir).mkdir(parents=True, exist_ok=True)
             lines = [f"{p}\t{self.skip_log.reasons[p]}" for p in self.skip_log.paths]

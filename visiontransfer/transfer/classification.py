@@ -17,6 +17,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 from visiontransfer.checkpoint_io import atomic_write
 from visiontransfer.errors import ConfigError
 from visiontransfer.heads import MLPHead
+from visiontransfer.imagelog import log_folder
 from visiontransfer.system import BackboneSystem, classes_from_data, run_seeded
 from visiontransfer.transfer.freezing import (
     BatchNormMode,
@@ -257,7 +258,7 @@ def save_confusion_matrix(
     """Render a confusion matrix (rows: true, columns: predicted) to PNG in the log folder."""
     if module.trainer.logger is None:  # no logger, no log folder: don't write into the cwd
         return None
-    log_dir = getattr(module.trainer, "log_dir", None)
+    log_dir = log_folder(module.trainer)  # rank zero only: not the collective trainer.log_dir
     if not log_dir:
         return None
     import matplotlib

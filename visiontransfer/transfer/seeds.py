@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lightning.pytorch.utilities import rank_zero_only
+
 
 def run_one(args: list[str], seed: int) -> dict[str, float]:
     """Fit then test one configuration at one seed; returns the test (or validation) metrics."""
@@ -66,6 +68,8 @@ def main(argv: list[str]) -> dict[str, Any]:
         parser.error("give the experiment, e.g. --config configs/transfer/finetune.yaml")
     per_seed = {seed: run_one(rest, seed) for seed in options.seeds}
     summary = summarize(per_seed)
+    if getattr(rank_zero_only, "rank", 0) != 0:  # under DDP every process ran the seeds; one reports them
+        return {"per_seed": per_seed, "summary": summary}
     main_keys = [k for k in summary if k.endswith(("/top1", "/top5", "/loss"))]
     print("\n" + format_table(summary, main_keys or None), flush=True)
     if options.summary:

@@ -3,15 +3,19 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 
 from visiontransfer import pretext
 from visiontransfer.cli import VisionTransferCLI, config_dir
+from visiontransfer.data import PretrainDataModule
+from visiontransfer.export import export_backbone, load_backbone
 from visiontransfer.pretext.base import PretextModule
 
 TINY = {"backbone": "resnet10t", "small_input_stem": False}
@@ -66,3 +70,23 @@ def test_fast_dev_run_each_config(config: Path, tmp_path: Path, monkeypatch: pyt
     )  # fmt: skip
     assert cli.trainer.state.finished
     assert any(k.endswith("loss") for k in cli.trainer.callback_metrics)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_method_exports_a_backbone_that_reloads(name: str, tmp_path: Path) -> None:
+    """``visiontransfer export`` works on the checkpoint of every pretext module."""
+    model = METHODS[name]()
+    trainer = L.Trainer(
+        max_steps=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(model, PretrainDataModule(batch_size=8, num_workers=0, synthetic_size=32))
+    trainer.save_checkpoint(tmp_path / "model.ckpt")
+    folder = export_backbone(tmp_path / "model.ckpt", tmp_path / "export")
+    config = json.loads((Path(folder) / "config.json").read_text())
+    assert config["visiontransfer"]["method"] == type(model).__name__
+    backbone = load_backbone(folder).eval()
+    x = torch.rand(2, config["pretrained_cfg"]["input_size"][0], 32, 32)
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(backbone(x), model.backbone(x), rtol=0, atol=1e-6)

@@ -251,7 +251,7 @@ class ResumeCheckpoint(L.Callback):
                 continue
             if callback.dirpath is not None and Path(callback.dirpath) == path.parent:
                 callback.last_model_path = str(path)
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)  # full state, and no log line each time
         self.last_model_path = str(path)
 
     def _exit(self, trainer: L.Trainer) -> None:

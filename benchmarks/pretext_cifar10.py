@@ -11,6 +11,10 @@ report kNN top-1 (k=20, cosine, weighted vote) and linear-probe top-1, next to t
 for the untrained model. Prints a Markdown table and writes ``results.json`` and the checkpoints
 (for ``benchmarks/transfer_cifar10.py``) under ``--out``.
 
+``--checkpoints rotation=runs/.../last.ckpt ...`` skips pretraining and evaluates checkpoints made
+elsewhere (e.g. ``visiontransfer fit --config configs/pretrain/rotation.yaml``) the same way, each
+next to a random init of its own architecture and stem.
+
 Published reference points (ResNet-18 / full budgets): SimCLR kNN ≈ 0.85 after 200 epochs,
 RotNet (NIN) probe ≈ 0.89, CPC v2 ≈ 0.845, supervised ≈ 0.95.
 """
@@ -34,6 +38,7 @@ from visiontransfer.callbacks.online_eval import LinearProbe, knn_predict, topk_
 from visiontransfer.data import ClassificationDataModule, PretrainDataModule
 from visiontransfer.data.datasets import collate_samples
 from visiontransfer.data.index import scan_images
+from visiontransfer.export import backbone_spec, load_backbone, read_checkpoint
 from visiontransfer.pretext.base import PretextModule
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10"
@@ -54,6 +59,24 @@ def build(method: str, backbone: str, small_stem: bool, seed: int) -> PretextMod
     cls, kwargs = METHODS[method]
     torch.manual_seed(seed)
     return cls(backbone=backbone, small_input_stem=small_stem, warmup_epochs=0.5, **kwargs)
+
+
+def from_checkpoint(method: str, path: str, seed: int) -> tuple[PretextModule, PretextModule]:
+    """A module of ``method`` holding the checkpoint's backbone, and a random init of the same
+    architecture and stem (both seeded alike)."""
+    spec = backbone_spec(read_checkpoint(path))
+    cls, kwargs = METHODS[method]
+
+    def fresh() -> PretextModule:
+        torch.manual_seed(seed)
+        return cls(
+            backbone=spec["architecture"], small_input_stem=spec["small_input_stem"],
+            backbone_kwargs=spec.get("backbone_kwargs") or None, **kwargs,
+        )  # fmt: skip
+
+    trained = fresh()
+    trained.backbone.load_state_dict(load_backbone(path).state_dict())
+    return trained, fresh()
 
 
 @torch.no_grad()
@@ -136,33 +159,60 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--precision", default="32-true")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("runs/bench_pretext"))
+    parser.add_argument(
+        "--checkpoints", nargs="+", type=_checkpoint_arg, metavar="METHOD=PATH",
+        help="evaluate these pretext checkpoints instead of pretraining",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    args.checkpoints = dict(args.checkpoints or [])
     if not (args.data / "train").is_dir():
         sys.exit(f"CIFAR-10 not found at {args.data} (expected train/ and test/ class folders)")
     args.out.mkdir(parents=True, exist_ok=True)
-    manifest = write_manifest(args.data, args.train_images, args.seed, args.out)
     bank, query, num_classes = eval_sets(args.data, args.bank_per_class, args.query, 32)
     results: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}, "methods": {}}
-    for method in args.methods:
-        L.seed_everything(args.seed)
-        random_scores = evaluate(
-            build(method, args.backbone, args.small_input_stem, args.seed), bank, query, num_classes
-        )
-        model = build(method, args.backbone, args.small_input_stem, args.seed)
-        start = time.perf_counter()
-        ckpt = pretrain(model, manifest, args, args.out, method)
-        seconds = time.perf_counter() - start
-        trained_scores = evaluate(model, bank, query, num_classes)
+    for method, path in (args.checkpoints or {}).items():
+        trained, random = from_checkpoint(method, path, args.seed)
         results["methods"][method] = {
-            "random": random_scores,
-            "pretrained": trained_scores,
-            "seconds": seconds,
-            "checkpoint": str(ckpt),
+            "random": evaluate(random, bank, query, num_classes),
+            "pretrained": evaluate(trained, bank, query, num_classes),
+            "seconds": None,
+            "checkpoint": path,
         }
-        print(f"{method}: pretrained {trained_scores} random {random_scores} ({seconds:.0f} s)", flush=True)
+    for method in [] if args.checkpoints else args.methods:
+        results["methods"][method] = pretrain_and_evaluate(method, args, (bank, query, num_classes))
     print_table(results)
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
     return results
+
+
+def pretrain_and_evaluate(
+    method: str, args: argparse.Namespace, sets: tuple[Any, Any, int]
+) -> dict[str, Any]:
+    """Random-init figures, pretraining, then the pretrained figures of one method."""
+    L.seed_everything(args.seed)
+    random_scores = evaluate(build(method, args.backbone, args.small_input_stem, args.seed), *sets)
+    model = build(method, args.backbone, args.small_input_stem, args.seed)
+    manifest = write_manifest(args.data, args.train_images, args.seed, args.out)
+    start = time.perf_counter()
+    ckpt = pretrain(model, manifest, args, args.out, method)
+    seconds = time.perf_counter() - start
+    trained_scores = evaluate(model, *sets)
+    print(f"{method}: pretrained {trained_scores} random {random_scores} ({seconds:.0f} s)", flush=True)
+    return {
+        "random": random_scores,
+        "pretrained": trained_scores,
+        "seconds": seconds,
+        "checkpoint": str(ckpt),
+    }
+
+
+def _checkpoint_arg(text: str) -> tuple[str, str]:
+    method, _, path = text.partition("=")
+    if method not in METHODS or not path:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give METHOD=PATH with METHOD one of {', '.join(METHODS)}"
+        )
+    return method, path
 
 
 def print_table(results: dict[str, Any]) -> None:
@@ -173,9 +223,10 @@ def print_table(results: dict[str, Any]) -> None:
     ]
     for method, r in results["methods"].items():
         p, z = r["pretrained"], r["random"]
+        took = "-" if r["seconds"] is None else f"{r['seconds']:.0f} s"
         rows.append(
             f"| {method} | {p['knn_top1']:.3f} | {z['knn_top1']:.3f} | {p['probe_top1']:.3f} | "
-            f"{z['probe_top1']:.3f} | {r['seconds']:.0f} s |"
+            f"{z['probe_top1']:.3f} | {took} |"
         )
     print("\n".join(rows), flush=True)
 

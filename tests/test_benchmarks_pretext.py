@@ -1,0 +1,42 @@
+"""benchmarks/pretext_cifar10.py evaluates given checkpoints next to a random init, on real files."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "pretext_cifar10.py"
+
+
+def test_checkpoints_mode_prints_pretrained_and_random_figures(
+    cifar10_dir: Path,
+    rotation_checkpoint: Callable[..., tuple[Path, Any]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    spec = importlib.util.spec_from_file_location("pretext_cifar10", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["pretext_cifar10"] = module
+    spec.loader.exec_module(module)
+    ckpt, trained = rotation_checkpoint(tmp_path / "rotation.ckpt", backbone="resnet10t")
+    loaded, random = module.from_checkpoint("rotation", str(ckpt), 0)
+    for name, value in trained.backbone.state_dict().items():
+        assert torch.equal(loaded.backbone.state_dict()[name], value), name
+    assert any(
+        not torch.equal(random.backbone.state_dict()[n], v) for n, v in trained.backbone.state_dict().items()
+    )
+    results = module.main([
+        "--data", str(cifar10_dir), "--checkpoints", f"rotation={ckpt}", "--bank-per-class", "5",
+        "--query", "40", "--out", str(tmp_path / "out"),
+    ])  # fmt: skip
+    figures = results["methods"]["rotation"]
+    assert set(figures["pretrained"]) == {"knn_top1", "probe_top1"} and figures["seconds"] is None
+    assert "| rotation |" in capsys.readouterr().out
+    assert (tmp_path / "out" / "results.json").is_file()

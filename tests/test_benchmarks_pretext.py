@@ -15,7 +15,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "pretext_cifar10.p
 
 
 def test_checkpoints_mode_prints_pretrained_and_random_figures(
-    cifar10_dir: Path,
+    cifar_tree: Callable[..., Path],
     rotation_checkpoint: Callable[..., tuple[Path, Any]],
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
@@ -32,9 +32,12 @@ def test_checkpoints_mode_prints_pretrained_and_random_figures(
     assert any(
         not torch.equal(random.backbone.state_dict()[n], v) for n, v in trained.backbone.state_dict().items()
     )
+    data = tmp_path / "cifar"
+    for split in ("train", "test"):
+        cifar_tree(data / split, classes=("cat", "dog", "ship"), per_class=8, split=split)
     results = module.main([
-        "--data", str(cifar10_dir), "--checkpoints", f"rotation={ckpt}", "--bank-per-class", "5",
-        "--query", "40", "--out", str(tmp_path / "out"),
+        "--data", str(data), "--checkpoints", f"rotation={ckpt}", "--bank-per-class", "5",
+        "--query", "12", "--out", str(tmp_path / "out"),
     ])  # fmt: skip
     figures = results["methods"]["rotation"]
     assert set(figures["pretrained"]) == {"knn_top1", "probe_top1"} and figures["seconds"] is None

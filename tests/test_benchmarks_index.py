@@ -3,32 +3,21 @@ complete, sane report. No timing is asserted: the figures depend on the machine.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
-import sys
 from pathlib import Path
 
 import pytest
+from benchmark_scripts import load_benchmark
 
 from visiontransfer.data.decode import IMAGE_EXTENSIONS
 from visiontransfer.data.index import scan_images
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "index_folder.py"
 N_FILES = 2000
 PER_DIR = 100
 
 
-def _load_benchmark():
-    spec = importlib.util.spec_from_file_location("index_folder_benchmark", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_benchmark()
+bench = load_benchmark("index_folder.py")
 
 
 @pytest.fixture(scope="module")

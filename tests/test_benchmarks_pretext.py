@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "pretext_cifar10.py"
+from benchmark_scripts import load_benchmark
 
 
 def test_checkpoints_mode_prints_pretrained_and_random_figures(
@@ -20,11 +17,7 @@ def test_checkpoints_mode_prints_pretrained_and_random_figures(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    spec = importlib.util.spec_from_file_location("pretext_cifar10", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["pretext_cifar10"] = module
-    spec.loader.exec_module(module)
+    module = load_benchmark("pretext_cifar10.py")
     ckpt, trained = rotation_checkpoint(tmp_path / "rotation.ckpt", backbone="resnet10t")
     loaded, random = module.from_checkpoint("rotation", str(ckpt), 0)
     for name, value in trained.backbone.state_dict().items():

@@ -185,14 +185,17 @@ def upright(image: Tensor, orientation: int) -> Tensor:
     return image
 
 
+def _jpeg(payloads: list[Tensor], device: torch.device) -> list[Tensor]:
+    """``decode_jpeg`` to RGB on ``device`` (raises RuntimeError on any undecodable file)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torchvision 0.29: image IO -> TorchCodec
+        return decode_jpeg(payloads, mode=ImageReadMode.RGB, device=device)
+
+
 def _decode_one(payload: Tensor, where: str, device: torch.device) -> Tensor | str:
-    """One image on ``device`` (device decoder, then Pillow), or the reason it failed."""
-    if payload.ndim == 3:
-        return payload.to(device)
+    """One JPEG on ``device`` (device decoder, then Pillow), or the reason it failed."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # torchvision 0.29: image IO -> TorchCodec
-            return decode_jpeg(payload, mode=ImageReadMode.RGB, device=device)
+        return _jpeg([payload], device)[0]
     except RuntimeError:
         pass
     try:
@@ -209,10 +212,7 @@ def decode_images(
     out: list[Tensor | str] = [p.to(device) if p.ndim == 3 else "" for p in payloads]
     if jpegs:
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)
-                decoded = decode_jpeg([payloads[i] for i in jpegs], mode=ImageReadMode.RGB, device=device)
-            for i, image in zip(jpegs, decoded, strict=True):
+            for i, image in zip(jpegs, _jpeg([payloads[i] for i in jpegs], device), strict=True):
                 out[i] = image
         except RuntimeError:  # one bad file fails the whole call: find it
             for i in jpegs:
@@ -230,11 +230,14 @@ def decode_on_device(batch: dict[str, Any], size: int, device: torch.device) -> 
     batch["skipped"] = list(batch.get("skipped", [])) + [
         (batch["where"][i], str(image)) for i, image in enumerate(images) if not isinstance(image, Tensor)
     ]
+    # (B, 5): batch index 0 (each image is its own batch of one), x0, y0, x1, y1; one copy to the device.
+    boxes = torch.cat([torch.zeros(len(batch["box"]), 1), batch["box"]], dim=1).to(device)
     crops = []
     for i in keep:
         image = upright(images[i], batch["orientation"][i]).float()  # type: ignore[arg-type]
-        box = torch.cat([torch.zeros(1), batch["box"][i]]).to(device)[None]  # (1, 5): index, x0, y0, x1, y1
-        crops.append(roi_align(image[None], box, output_size=size, sampling_ratio=-1, aligned=True))
+        crops.append(
+            roi_align(image[None], boxes[i : i + 1], output_size=size, sampling_ratio=-1, aligned=True)
+        )
     if crops:
         out = torch.cat(crops)  # (B, 3, size, size)
         flip = batch["flip"][keep].to(device).view(-1, 1, 1, 1)

@@ -45,7 +45,10 @@ DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / 
 
 METHODS: dict[str, tuple[type[PretextModule], dict[str, Any]]] = {
     "rotation": (pretext.RotationPrediction, {"head_hidden_dim": 256, "lr": 2e-3}),
-    "colorization": (pretext.Colorization, {"decoder_width": 64, "lr": 2e-3, "prior_batches": 20}),
+    "colorization": (
+        pretext.Colorization,
+        {"decoder_width": 64, "decoder_levels": 2, "lr": 2e-3, "prior_batches": 20},
+    ),
     "contrastive_patches": (
         pretext.ContrastivePatches,
         {"patch_size": 16, "patch_stride": 8, "prediction_steps": 2, "context_width": 128, "lr": 1e-3},

@@ -112,6 +112,19 @@ def test_loss_is_finite_and_reaches_the_backbone(loss: str, backbone: str, stem:
     assert out.shape == (2, expected_channels, 16, 16)
 
 
+@pytest.mark.filterwarnings("ignore:Colorization. no colour prior")
+@pytest.mark.parametrize("levels", [1, 2, 5])
+def test_decoder_levels_take_the_deepest_maps(levels: int) -> None:
+    model = Colorization(**{**TINY, "decoder_levels": levels})
+    info = model.backbone.feature_info  # resnet10t: 5 levels, the deepest has num_features channels
+    assert [lat.in_channels for lat in model.decoder.laterals] == [i["num_chs"] for i in info[-levels:]]
+    out = model(_images(2, 64))  # the deepest map is 2x2: batch norm over 1x1 would pass no gradient
+    assert out.shape == (2, model.num_bins, 32, 32)
+    (out * torch.randn_like(out)).sum().backward()
+    deepest = [p.grad for p in model.backbone.layer4.parameters()]  # type: ignore[union-attr]
+    assert any(g is not None and float(g.abs().sum()) > 0 for g in deepest)
+
+
 def test_features_use_lightness_only() -> None:
     model = Colorization(**TINY).eval()
     images = _images(3, 32)
@@ -139,6 +152,7 @@ def test_empty_batch_is_skipped() -> None:
      ({"soft_sigma": 0.0}, "soft_sigma"), ({"rebalance_lambda": 2.0}, "rebalance_lambda"),
      ({"temperature": 0.0}, "temperature"), ({"prior_batches": 0}, "prior_batches"),
      ({"output_stride": 3}, "output_stride"),
+     ({"decoder_levels": 0}, "decoder_levels"), ({"decoder_levels": 9}, "decoder_levels"),
      ({"log_images_every_n_epochs": -1}, "log_images_every_n_epochs"),
      ({"grid_size": 2}, "grid_size"), ({"decoder_width": 4}, "decoder_width"),
      ({"in_chans": 3}, "in_chans")],

@@ -125,6 +125,24 @@ def test_decoder_levels_take_the_deepest_maps(levels: int) -> None:
     assert any(g is not None and float(g.abs().sum()) > 0 for g in deepest)
 
 
+def test_checkpoint_with_other_decoder_levels_names_the_flag(tmp_path: Path) -> None:
+    old = Colorization(**{**TINY, "decoder_levels": 4})
+    path = tmp_path / "old.ckpt"
+    hparams = {k: v for k, v in old.hparams.items() if k != "decoder_levels"}  # made before the flag
+    torch.save(
+        {
+            "state_dict": old.state_dict(),
+            "hyper_parameters": hparams,
+            "pytorch-lightning_version": L.__version__,
+        },
+        path,
+    )
+    with pytest.raises(ValueError, match=r"--model\.decoder_levels=4"):
+        Colorization.load_from_checkpoint(path)
+    reloaded = Colorization.load_from_checkpoint(path, decoder_levels=4)
+    assert torch.equal(reloaded.decoder.head.weight, old.decoder.head.weight)
+
+
 def test_features_use_lightness_only() -> None:
     model = Colorization(**TINY).eval()
     images = _images(3, 32)

@@ -217,15 +217,15 @@ class Colorization(PretextModule):
         self.log_images_every_n_epochs = log_images_every_n_epochs
         self.register_buffer("ab_centers", centers.clone(), persistent=False)
         self.register_buffer("ab_prior", torch.zeros(centers.shape[0]))  # saved in checkpoints
-        # Not a registered submodule: it only wraps self.backbone (same parameters), and the
-        # state dict keeps one copy of the backbone under "backbone.".
         levels = len(getattr(self.backbone, "feature_info", []))
-        if decoder_levels > levels:
+        if decoder_levels > levels > 0:  # no levels at all: FeatureBackbone says so
             raise ConfigError(
                 f"--model.decoder_levels={decoder_levels} must be <= {levels}, the number of "
                 f"feature levels of --model.backbone={self.backbone_spec['architecture']}"
             )
-        pyramid = FeatureBackbone(self.backbone, tuple(range(levels - decoder_levels, levels)))
+        pyramid = FeatureBackbone(self.backbone, tuple(range(-decoder_levels, 0)))  # the deepest maps
+        # Not a registered submodule: it only wraps self.backbone (same parameters), and the
+        # state dict keeps one copy of the backbone under "backbone.".
         self.__dict__["pyramid"] = pyramid
         out_channels = centers.shape[0] if loss == "classification" else 2
         self.decoder = ColorizationDecoder(
@@ -311,6 +311,17 @@ class Colorization(PretextModule):
                 images[:LOG_IMAGES].cpu(),
             )
         return loss
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Name the flag when a checkpoint's decoder fuses another number of levels than this one."""
+        state = checkpoint.get("state_dict", {})
+        saved = len({key.split(".")[2] for key in state if key.startswith("decoder.laterals.")})
+        if saved and saved != len(self.decoder.laterals):
+            raise ConfigError(
+                f"the checkpoint's colorization decoder fuses {saved} feature levels, this model "
+                f"{len(self.decoder.laterals)}: pass --model.decoder_levels={saved} (checkpoints "
+                "made before that flag existed used 4)"
+            )
 
     # Colour prior -----------------------------------------------------------------------------
 

@@ -27,13 +27,14 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 
+from visiontransfer.backbones import BackboneSpec
+from visiontransfer.backbones.weights import read_backbone_file
 from visiontransfer.data import PretrainDataModule
 from visiontransfer.data.detection import DetectionDataModule, read_split_names
-from visiontransfer.export import backbone_spec, read_checkpoint
 from visiontransfer.pretext import RotationPrediction
+from visiontransfer.stats import mean_std
 from visiontransfer.transfer import ObjectDetector
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "raccoon"
@@ -89,16 +90,17 @@ def pretrain(args: argparse.Namespace) -> Path:
 def finetune(source: str, same_arch: dict[str, Any], args: argparse.Namespace, seed: int) -> dict[str, float]:
     """Train one detector from ``source`` and return its mAP on the 40 held-out images."""
     L.seed_everything(seed)
+    data = DetectionDataModule(
+        root=str(args.data), format="voc", train_split=TRAIN_SPLIT, val_split=TEST_SPLIT,
+        image_size=args.image_size, batch_size=args.batch_size, num_workers=args.workers, seed=seed,
+    )  # fmt: skip
     model = ObjectDetector(
+        num_classes=data.num_classes, class_names=data.classes, image_size=args.image_size,
         detector=args.detector, backbone=source, fpn_channels=args.fpn_channels, bn_mode=args.bn_mode,
         trainable_stages=args.trainable_stages, out_indices=tuple(args.out_indices) or None,
         optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, warmup_epochs=1,
         detector_kwargs=CHEAP_RCNN if args.detector == "fasterrcnn" and not args.full_rcnn else None,
         **same_arch,
-    )  # fmt: skip
-    data = DetectionDataModule(
-        root=str(args.data), format="voc", train_split=TRAIN_SPLIT, val_split=TEST_SPLIT,
-        image_size=args.image_size, batch_size=args.batch_size, num_workers=args.workers, seed=seed,
     )  # fmt: skip
     trainer = _trainer(args, args.epochs, args.out / "finetune")
     start = time.perf_counter()
@@ -114,17 +116,9 @@ def finetune(source: str, same_arch: dict[str, Any], args: argparse.Namespace, s
     }
 
 
-def _spec(backbone: str) -> dict[str, Any]:
+def _spec(backbone: str) -> BackboneSpec:
     """Architecture, stem and kwargs of a checkpoint's or export folder's backbone."""
-    if backbone.endswith(".ckpt"):
-        return backbone_spec(read_checkpoint(backbone))
-    config = json.loads((Path(backbone) / "config.json").read_text())
-    return {
-        "architecture": config["architecture"],
-        "small_input_stem": config["visiontransfer"]["small_input_stem"],
-        "in_chans": config["model_args"].get("in_chans", 3),
-        "backbone_kwargs": {k: v for k, v in config["model_args"].items() if k != "in_chans"},
-    }
+    return read_backbone_file(backbone)[0]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -168,26 +162,26 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict[str, float]]]:
     backbone = args.backbone or str(pretrain(args))
     spec = _spec(backbone)
     same_arch = {
-        "small_input_stem": bool(spec.get("small_input_stem", False)),
-        "in_chans": int(spec.get("in_chans", 3)),
-        "backbone_kwargs": spec.get("backbone_kwargs") or None,
+        "small_input_stem": spec.small_input_stem,
+        "in_chans": spec.in_chans,
+        "backbone_kwargs": dict(spec.backbone_kwargs) or None,
     }
-    sources = {"pretrained": (backbone, {}), "random init": (spec["architecture"], same_arch)}
+    sources = {"pretrained": (backbone, {}), "random init": (spec.architecture, same_arch)}
     table: dict[str, list[dict[str, float]]] = {name: [] for name in sources}
     for seed in args.seeds:
         for name, (source, arch_args) in sources.items():
             table[name].append(finetune(source, arch_args, args, seed))
             print(f"{name}, seed {seed}: {table[name][-1]}", flush=True)
     total = (time.perf_counter() - start) / 60
-    print_table(table, args, spec["architecture"], total)
+    print_table(table, args, spec.architecture, total)
     payload = {"args": {k: str(v) for k, v in vars(args).items()}, "results": table, "total_minutes": total}
     (args.out / "detect_results.json").write_text(json.dumps(payload, indent=2))
     return table
 
 
 def _cell(runs: list[dict[str, float]], key: str) -> str:
-    values = np.array([run[key] for run in runs])
-    return f"{values.mean():.3f}" if len(values) == 1 else f"{values.mean():.3f} ± {values.std(ddof=1):.3f}"
+    summary = mean_std([run[key] for run in runs])
+    return f"{summary.mean:.3f}" if summary.n == 1 else summary.format()
 
 
 def print_table(

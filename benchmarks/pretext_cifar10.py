@@ -34,11 +34,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from visiontransfer import pretext
+from visiontransfer.backbones.weights import read_backbone_file
 from visiontransfer.callbacks.online_eval import LinearProbe, knn_predict, topk_accuracy
 from visiontransfer.data import ClassificationDataModule, PretrainDataModule
 from visiontransfer.data.datasets import collate_samples
 from visiontransfer.data.index import scan_images
-from visiontransfer.export import backbone_spec, load_backbone, read_checkpoint
+from visiontransfer.export import load_backbone
 from visiontransfer.pretext.base import PretextModule
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10"
@@ -67,14 +68,14 @@ def build(method: str, backbone: str, small_stem: bool, seed: int) -> PretextMod
 def from_checkpoint(method: str, path: str, seed: int) -> tuple[PretextModule, PretextModule]:
     """A module of ``method`` holding the checkpoint's backbone, and a random init of the same
     architecture and stem (both seeded alike)."""
-    spec = backbone_spec(read_checkpoint(path))
+    spec = read_backbone_file(path)[0]
     cls, kwargs = METHODS[method]
 
     def fresh() -> PretextModule:
         torch.manual_seed(seed)
         return cls(
-            backbone=spec["architecture"], small_input_stem=spec["small_input_stem"],
-            backbone_kwargs=spec.get("backbone_kwargs") or None, **kwargs,
+            backbone=spec.architecture, small_input_stem=spec.small_input_stem,
+            backbone_kwargs=dict(spec.backbone_kwargs) or None, **kwargs,
         )  # fmt: skip
 
     trained = fresh()

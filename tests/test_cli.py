@@ -1,4 +1,6 @@
-"""The ``visiontransfer`` console script, run as a user runs it: a subprocess."""
+"""The ``visiontransfer`` command: the console script run as a user runs it (a subprocess, on real
+files), and its help and error lines in-process (the same ``main``; starting Python and Lightning
+again costs ~15 s a test here)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from visiontransfer.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR = REPO.parent / "shared" / "data" / "cifar10"
@@ -33,25 +37,37 @@ def small_image_folder(tmp_path: Path, per_class: int = 8) -> Path:
     return root
 
 
-def test_help_lists_subcommands(tmp_path: Path) -> None:
-    result = run_cli("--help", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    for sub in ("fit", "validate", "test", "predict", "quickstart"):
-        assert sub in result.stdout
+def in_process(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """``visiontransfer ARGS`` in this process: exit status, stdout, stderr."""
+    try:
+        main(args)
+        code = 0
+    except SystemExit as exited:
+        code = int(exited.code or 0)
+    out = capsys.readouterr()
+    return code, out.out, out.err
 
 
-def test_unknown_key_is_a_clear_error(tmp_path: Path) -> None:
+def test_help_lists_subcommands(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = in_process(["--help"], capsys)
+    assert code == 0
+    for sub in ("fit", "validate", "test", "predict", "quickstart", "report", "export", "seeds", "shard"):
+        assert sub in out
+
+
+def test_unknown_key_is_a_clear_error(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
     config = REPO / "configs" / "pretrain" / "rotation.yaml"
-    result = run_cli("fit", "--config", str(config), "--model.init_args.backbone_nme=x", cwd=tmp_path)
-    assert result.returncode != 0
-    assert "backbone_nme" in result.stderr
+    code, _, err = in_process(["fit", "--config", str(config), "--model.init_args.backbone_nme=x"], capsys)
+    assert code == 2 and "backbone_nme" in err
 
 
-def test_bad_backbone_name_suggests(tmp_path: Path) -> None:
+def test_bad_backbone_name_suggests(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
     config = REPO / "configs" / "pretrain" / "rotation.yaml"
-    result = run_cli("fit", "--config", str(config), "--model.backbone=resnet19", cwd=tmp_path)
-    assert result.returncode != 0
-    assert "resnet19" in result.stderr and "resnet18" in result.stderr
+    code, _, err = in_process(["fit", "--config", str(config), "--model.backbone=resnet19"], capsys)
+    assert code == 2 and "resnet19" in err and "resnet18" in err
 
 
 @needs_cifar
@@ -72,14 +88,12 @@ def test_fit_rotation_on_real_folder(tmp_path: Path) -> None:
     assert "val/rot_acc" in metrics and "train/loss" in metrics
 
 
-def test_missing_data_root_names_flag(tmp_path: Path) -> None:
+def test_missing_data_root_names_flag(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
     config = REPO / "configs" / "pretrain" / "rotation.yaml"
-    result = run_cli(
-        "fit", "--config", str(config), f"--data.root={tmp_path / 'nope'}", "--trainer.fast_dev_run=true",
-        cwd=tmp_path,
-    )  # fmt: skip
-    assert result.returncode != 0
-    assert "--data.root" in result.stderr and "nope" in result.stderr
+    args = ["fit", "--config", str(config), f"--data.root={tmp_path / 'nope'}", "--trainer.fast_dev_run=true"]
+    code, _, err = in_process(args, capsys)
+    assert code == 2 and "--data.root" in err and "nope" in err
 
 
 def test_quickstart_runs_and_reports(tmp_path: Path) -> None:

@@ -77,7 +77,7 @@ def test_num_classes_disagreeing_with_the_data(capsys, tmp_path: Path) -> None:
         "--model.init_args.num_classes=3", "--trainer.fast_dev_run=true",
     ]  # fmt: skip
     line = error_line(args, capsys, tmp_path)
-    assert "--model.num_classes=3 but the data has 10 classes" in line
+    assert "--model.num_classes=3 but the data has num_classes 10: drop --model.num_classes" in line
 
 
 def test_trainer_refusal_is_one_line_naming_the_trainer(capsys, tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 
-from visiontransfer.cli import VisionTransferCLI, config_dir
+from visiontransfer.commands.lightning_cli import VisionTransferCLI, config_dir
 
 CONFIGS = sorted(config_dir().rglob("*.yaml"))
 

@@ -114,10 +114,10 @@ def test_two_processes_take_the_same_steps_as_one(case: str, tmp_path: Path) -> 
 WRITERS = {
     "classification": (
         "transfer/quickstart_finetune.yaml",
-        "visiontransfer.transfer.PredictionWriter",
+        "visiontransfer.callbacks.PredictionWriter",
         "csv",
     ),
-    "detection": ("transfer/detect_retinanet.yaml", "visiontransfer.transfer.DetectionWriter", "json"),
+    "detection": ("transfer/detect_retinanet.yaml", "visiontransfer.callbacks.DetectionWriter", "json"),
 }
 
 

@@ -14,8 +14,9 @@ import torch
 from safetensors.torch import load_file
 
 import visiontransfer
+from visiontransfer.backbones.weights import UnsafeCheckpointError
 from visiontransfer.cli import main as cli_main
-from visiontransfer.export import UnsafeCheckpointError, export_backbone, load_backbone
+from visiontransfer.export import export_backbone, load_backbone
 from visiontransfer.pretext import RotationPrediction
 
 

@@ -23,7 +23,7 @@ import yaml
 from visiontransfer.callbacks import NonFiniteGuard, NonFiniteLossError, ResumeCheckpoint
 from visiontransfer.callbacks.fault import Preempted
 from visiontransfer.checkpoint_io import TEMP_SUFFIX, AtomicCheckpointIO, atomic_torch_save
-from visiontransfer.cli import find_last_checkpoint
+from visiontransfer.commands.lightning_cli import find_last_checkpoint
 from visiontransfer.data import PretrainDataModule
 from visiontransfer.pretext import RotationPrediction
 

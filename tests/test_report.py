@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -13,7 +14,9 @@ import pytest
 import torch
 from PIL import Image
 
-from visiontransfer import report
+from visiontransfer.commands import report
+from visiontransfer.commands.lightning_cli import VisionTransferCLI
+from visiontransfer.data import ClassificationDataModule
 
 CLASSES = ("airplane", "automobile", "cat", "dog")
 FRACTIONS = ("0.25", "1.0")
@@ -98,7 +101,7 @@ def test_report_files_match_the_cells(finished: Path) -> None:
     for (backbone, recipe), values in table.items():
         for fraction, value in zip((0.25, 1.0), values, strict=True):
             top1 = [
-                c.top1 for c in cells if (c.backbone, c.recipe, c.fraction) == (backbone, recipe, fraction)
+                c.score for c in cells if (c.backbone, c.recipe, c.fraction) == (backbone, recipe, fraction)
             ]
             mean, std = (float(v) for v in value.split("±"))
             assert len(top1) == 2 and all(0.0 <= t <= 1.0 for t in top1)
@@ -148,6 +151,22 @@ def test_truncated_last_line_is_ignored_and_cut_before_appending(
     assert len(lines) == 20 and all(json.loads(line) for line in lines)  # the partial line was cut
 
 
+def test_a_cell_is_its_documented_fit_and_test_command(finished: Path, tmp_path: Path) -> None:
+    """The command report.md prints for a cell, run as a user would (fit, then test on last.ckpt),
+    gives the cell's score: the report runs the same YAML recipe as `visiontransfer fit`."""
+    cells = report.load_cells(finished / report.CELLS)
+    cell = next(c for c in cells if c.recipe == "finetune" and c.seed == 1)
+    assert f"`{cell.command}`" in (finished / report.REPORT_MD).read_text()
+    words = shlex.split(cell.command)
+    assert words[:2] == ["visiontransfer", "fit"]
+    args = [*words[2:], "--data.num_workers=0", f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.logger.init_args.save_dir=" + str(tmp_path / "runs")]  # fmt: skip
+    VisionTransferCLI(args=["fit", *args])
+    last = next((tmp_path / "runs").rglob("last.ckpt"))
+    test = VisionTransferCLI(args=["test", *args, f"--ckpt_path={last}"])
+    assert float(test.trainer.callback_metrics["test/top1"]) == pytest.approx(cell.score, abs=1e-6)
+
+
 def test_summarize_and_table() -> None:
     def cell(backbone: str, fraction: float, seed: int, top1: float) -> report.Cell:
         return report.Cell(backbone, "finetune", fraction, seed, int(fraction * 1000), top1, 2, 1.0, {})
@@ -164,8 +183,8 @@ def test_summarize_and_table() -> None:
 
 
 def test_test_subset_is_stratified(labeled_root: Path) -> None:
-    settings = report.Settings(data=str(labeled_root), test_images=8, workers=0)
-    data = report._datamodule(1.0, 0, settings)
+    data = ClassificationDataModule(root=str(labeled_root), test_images=8, num_workers=0)
+    data.setup("fit")
     test = data.datasets["test"]
     labels = [test[i]["label"] for i in range(len(test))]
     assert sorted(labels) == [0, 0, 1, 1, 2, 2, 3, 3]
@@ -175,7 +194,7 @@ def test_backbone_names(pretext_ckpt: Path) -> None:
     named = report.resolve_backbones([f"rot={pretext_ckpt}", str(pretext_ckpt)])
     assert [b.name for b in named] == ["rot", "RotationPrediction", "scratch"]
     assert [b.pretrained for b in named] == [True, True, False]
-    assert named[2].source == "test_resnet" and named[2].init_args()["small_input_stem"] is True
+    assert named[2].source == "test_resnet" and "--model.small_input_stem=true" in named[2].model_args()
     assert named[0].fingerprint == named[1].fingerprint != named[2].fingerprint
 
 

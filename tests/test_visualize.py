@@ -12,8 +12,8 @@ import torch
 from torch import Tensor, nn
 
 from visiontransfer import demo, visualize
+from visiontransfer.color import rgb_to_lab
 from visiontransfer.pretext import Colorization, RotationPrediction
-from visiontransfer.pretext.lab import rgb_to_lab
 
 
 def _titles(fig) -> list[str]:

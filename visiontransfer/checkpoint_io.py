@@ -31,6 +31,16 @@ STALE_AFTER_S = 3600.0
 """Temporary files of dead writers older than this are removed by the next save in the folder."""
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _read_umask()
+"""The process's file-creation mask, read once at import (reading it means setting it)."""
+
+
 def atomic_write(path: str | os.PathLike[str], write: Callable[[str], object]) -> None:
     """Create ``path`` atomically: ``write(temporary_path)`` fills a temporary file in the same
     folder, which is then renamed over ``path`` (removed if ``write`` fails)."""
@@ -39,6 +49,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[str], object]) -
     os.close(fd)
     try:
         write(temp)
+        os.chmod(temp, 0o666 & ~UMASK)  # mkstemp makes it private; a written file is not
         os.replace(temp, target)
     finally:
         if os.path.exists(temp):

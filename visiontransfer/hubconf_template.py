@@ -1,6 +1,9 @@
-"""torch.hub entry point of a backbone exported by visiontransfer; needs timm and safetensors only.
+"""torch.hub entry point of a backbone exported by visiontransfer; needs torch, timm and safetensors.
 
 model = torch.hub.load("path/to/export", "backbone", source="local")
+
+The small-image stem is rebuilt by a verbatim copy of visiontransfer's own stem code (below), so
+the features are the ones ``visiontransfer.load_backbone`` gives.
 """
 
 import json
@@ -10,35 +13,7 @@ dependencies = ["torch", "timm", "safetensors"]
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
-
-def _small_input_stem(model):
-    """Re-apply visiontransfer's small-image stem: first conv at stride 1, stem max-pool removed."""
-    import torch.nn as nn
-
-    name = model.pretrained_cfg["first_conv"]
-    name = name[0] if isinstance(name, (list, tuple)) else name
-    conv = model.get_submodule(name)
-    kernel = 3 if conv.kernel_size[0] > 3 or conv.kernel_size[0] == conv.stride[0] else conv.kernel_size[0]
-    new = nn.Conv2d(
-        conv.in_channels,
-        conv.out_channels,
-        kernel,
-        stride=1,
-        padding=kernel // 2,
-        groups=conv.groups,
-        bias=conv.bias is not None,
-    )
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, new)
-    for pool in ("maxpool", "stem.pool", "stem.maxpool"):
-        try:
-            module = model.get_submodule(pool)
-        except AttributeError:
-            continue
-        if isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)):
-            parent, _, child = pool.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, child, nn.Identity())
-        break
+# <<visiontransfer.backbones.stem>>
 
 
 def backbone(num_classes=0, **kwargs):
@@ -52,7 +27,7 @@ def backbone(num_classes=0, **kwargs):
         config["architecture"], pretrained=False, num_classes=0, **{**config.get("model_args", {}), **kwargs}
     )
     if config.get("visiontransfer", {}).get("small_input_stem"):
-        _small_input_stem(model)
+        adapt_stem_for_small_images(model)  # noqa: F821 - defined by the stem code above
     model.load_state_dict(load_file(os.path.join(_HERE, "model.safetensors")), strict=True)
     if num_classes:
         model.reset_classifier(num_classes)

@@ -1,4 +1,5 @@
-"""Log an image grid from a LightningModule: a PNG in the run's log folder, and to the logger.
+"""Log an image grid or a confusion matrix from a LightningModule: a PNG in the run's log folder,
+and to the logger.
 
 The PNG always goes to ``{log_dir}/images/{tag}_epoch{E:03d}.png`` (``log_dir`` as
 ``trainer.log_dir`` resolves it); a TensorBoard logger also gets ``add_image``, a logger with a
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import lightning as L
@@ -21,6 +21,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 from PIL import Image
 from torch import Tensor
 from torchvision.utils import make_grid
+
+from visiontransfer.checkpoint_io import atomic_write
 
 
 def log_folder(trainer: L.Trainer) -> str | None:
@@ -46,17 +48,10 @@ def _to_grid(images: Tensor, nrow: int) -> Tensor:
 
 
 def _save_png(grid: Tensor, path: Path) -> None:
-    """Write ``grid`` as a PNG atomically: a temporary file in the same folder, then a rename."""
+    """Write ``grid`` as a PNG atomically (a temporary file in the same folder, then a rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     array = (grid.permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8)  # (H, W, 3)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png.tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            Image.fromarray(array).save(handle, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda temp: Image.fromarray(array).save(temp, format="PNG"))
 
 
 def _send_to_loggers(trainer: L.Trainer, tag: str, grid: Tensor) -> None:
@@ -108,3 +103,38 @@ def log_image_grid(module: L.LightningModule, tag: str, images: Tensor, nrow: in
             rank_zero_warn(f"could not save image {tag!r} to {path}: {error}")
     _send_to_loggers(trainer, tag, grid)
     return saved
+
+
+def save_confusion_matrix(
+    module: L.LightningModule, tag: str, matrix: Tensor, names: list[str]
+) -> str | None:
+    """Render a confusion matrix (rows: true, columns: predicted) to PNG in the log folder."""
+    if module.trainer.logger is None:  # no logger, no log folder: don't write into the cwd
+        return None
+    log_dir = log_folder(module.trainer)  # rank zero only: not the collective trainer.log_dir
+    if not log_dir:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = matrix.shape[0]
+    fig, ax = plt.subplots(figsize=(2 + 0.45 * n, 1.5 + 0.45 * n))
+    ax.imshow(matrix.numpy(), cmap="Blues")
+    ax.set_xticks(range(n), names, rotation=90, fontsize=7)
+    ax.set_yticks(range(n), names, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"{tag}, epoch {module.current_epoch}")
+    if n <= 20:
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, str(int(matrix[i, j])), ha="center", va="center", fontsize=6)
+    fig.tight_layout()
+    folder = os.path.join(log_dir, "images")
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"{tag}_epoch{module.current_epoch:03d}.png")
+    atomic_write(path, lambda temp: fig.savefig(temp, dpi=100, format="png"))
+    plt.close(fig)
+    return path

@@ -1,21 +1,32 @@
 """The small base every module shares: the backbone (a timm name or a visiontransfer checkpoint /
 export), input normalisation, optimizer with warmup + cosine schedule, and the checkpoint block
-that ``visiontransfer export`` reads. Heads, losses and monitors live elsewhere."""
+(a :class:`~visiontransfer.backbones.BackboneSpec`) that ``visiontransfer export`` reads. Heads,
+losses and monitors live elsewhere.
+
+Data facts (the image size, a task's classes) reach a module as constructor arguments: the CLI
+links them from the datamodule (``link_arguments``), Python users pass them. No module reads
+``trainer.datamodule``.
+"""
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any, Literal
 
 import lightning as L
 import torch
 from torch import Tensor, nn
 
-from visiontransfer.backbones import create_backbone, normalization
-from visiontransfer.errors import ConfigError
+from visiontransfer.backbones import BackboneSpec, normalization
+from visiontransfer.backbones.weights import (
+    CHECKPOINT_KEY,
+    CorruptCheckpointError,
+    UnsafeCheckpointError,
+    load_backbone_file,
+)
+from visiontransfer.color import match_channels
+from visiontransfer.errors import ConfigError, MissingPathError, require
 
 
 class BackboneSystem(L.LightningModule):
@@ -29,6 +40,9 @@ class BackboneSystem(L.LightningModule):
         small_input_stem: Remove the stem's early downsampling (for 32–64 px images).
         in_chans: Input channels of the backbone.
         backbone_kwargs: Extra keyword arguments for ``timm.create_model``.
+        input_size: Side of the training images; the CLI links it from ``--data.image_size``.
+            Recorded in checkpoints and exports (their input size; without it, exports take
+            the image size the datamodule saved in the checkpoint).
         optimizer: ``adamw`` or ``sgd`` (with Nesterov momentum).
         lr: Peak learning rate, reached after the warmup.
         weight_decay: Weight decay (not applied to biases and normalisation parameters).
@@ -51,6 +65,7 @@ class BackboneSystem(L.LightningModule):
         small_input_stem: bool = True,
         in_chans: int = 3,
         backbone_kwargs: dict[str, Any] | None = None,
+        input_size: int | None = None,
         optimizer: Literal["adamw", "sgd"] = "adamw",
         lr: float = 1e-3,
         weight_decay: float = 0.05,
@@ -61,16 +76,16 @@ class BackboneSystem(L.LightningModule):
         compile: bool = False,
     ) -> None:
         super().__init__()
-        if lr <= 0:
-            raise ConfigError(f"--model.lr={lr} must be > 0")
-        if warmup_epochs < 0:
-            raise ConfigError(f"--model.warmup_epochs={warmup_epochs} must be >= 0")
+        require(lr > 0, "model", "lr", lr, "must be > 0")
+        require(warmup_epochs >= 0, "model", "warmup_epochs", warmup_epochs, "must be >= 0")
+        require(input_size is None or input_size >= 1, "model", "input_size", input_size, "must be >= 1")
         self.backbone, self.backbone_spec = resolve_backbone(
             backbone, pretrained, in_chans, small_input_stem, backbone_kwargs
         )
-        in_chans = int(self.backbone_spec["in_chans"])
+        self.in_chans = self.backbone_spec.in_chans
+        self.input_size = input_size
         self.num_features: int = int(self.backbone.num_features)  # type: ignore[arg-type]
-        mean, std = normalization(self.backbone, in_chans)
+        mean, std = normalization(self.backbone, self.in_chans)
         self.register_buffer("pixel_mean", torch.tensor(mean).view(1, -1, 1, 1) * 255.0, persistent=False)
         self.register_buffer("pixel_std", torch.tensor(std).view(1, -1, 1, 1) * 255.0, persistent=False)
         self.optimizer_name = optimizer
@@ -84,27 +99,47 @@ class BackboneSystem(L.LightningModule):
         if channels_last:
             self.backbone.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.save_hyperparameters()
+        if self.backbone_spec.source is not None:
+            self._rebuild_without_the_file()
+
+    def _rebuild_without_the_file(self) -> None:
+        """Hyperparameters that rebuild this module's architecture without the file its backbone was
+        read from (``load_from_checkpoint`` then needs the checkpoint alone; its weights come from
+        there). Where the weights came from stays in the checkpoint block (``source``)."""
+        spec = self.backbone_spec
+        self.hparams.update(
+            backbone=spec.architecture, pretrained=False, small_input_stem=spec.small_input_stem,
+            in_chans=spec.in_chans, backbone_kwargs=dict(spec.backbone_kwargs) or None,
+        )  # fmt: skip
 
     def configure_model(self) -> None:
         if self.compile_backbone and not getattr(self, "_compiled", False):
             self.backbone.compile()
             self._compiled = True
 
+    def checkpoint_spec(self) -> BackboneSpec:
+        """The backbone's spec with this module as its provenance (what exports record)."""
+        hparams = {k: list(v) if isinstance(v, tuple) else v for k, v in self.hparams.items()}
+        return self.backbone_spec.replace(
+            method=type(self).__name__,
+            hyperparameters={k: v for k, v in hparams.items() if not k.startswith("_")},
+            image_size=self.input_size,
+        )
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Record how to rebuild the backbone, so ``visiontransfer export`` needs nothing else."""
-        checkpoint["visiontransfer"] = checkpoint_block(self, self.backbone_spec)
+        checkpoint[CHECKPOINT_KEY] = self.checkpoint_spec().to_dict()
 
     def normalize(self, images: Tensor) -> Tensor:
         """``(B, C, H, W) uint8`` (or float in 0..255) → float, normalised for the backbone.
 
         A single-channel backbone (e.g. pretrained by colorization) given RGB images sees their
-        CIE L lightness scaled to 0..255, the input colorization trains it on.
+        CIE L lightness scaled to 0..255 (:func:`~visiontransfer.color.match_channels`).
         """
-        if images.shape[1] == 3 and self.pixel_mean.shape[1] == 1:
-            from visiontransfer.pretext.lab import rgb_to_lab
-
-            images = rgb_to_lab(images.float() / 255.0)[:, :1] * 2.55  # L 0..100 → 0..255
-        normalized = (images.float() - self.pixel_mean) / self.pixel_std
+        x = images.float()
+        if x.shape[1] != self.in_chans:
+            x = match_channels(x / 255.0, self.in_chans) * 255.0
+        normalized = (x - self.pixel_mean) / self.pixel_std
         if self.channels_last:
             return normalized.contiguous(memory_format=torch.channels_last)
         return normalized
@@ -142,40 +177,6 @@ class BackboneSystem(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
-@contextmanager
-def run_seeded() -> Iterator[None]:
-    """Draw random numbers from a stream seeded by the run's seed, leaving the global one as it was.
-
-    For weights built at set-up (heads sized from the data), when the global stream depends on what
-    ran before (DDP start-up, the sanity check): their initial values then don't.
-    """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(torch.initial_seed())
-        yield
-
-
-def classes_from_data(module: L.LightningModule, configured: int | None) -> int | None:
-    """The class count a task module should build its head with at set-up.
-
-    Returns the datamodule's ``num_classes`` when ``configured`` is None (head not built yet),
-    else None after checking the two agree.
-
-    Raises:
-        ValueError: neither is known, or they disagree (naming ``--model.num_classes``).
-    """
-    data_classes = getattr(getattr(module.trainer, "datamodule", None), "num_classes", None)
-    if configured is None:
-        if data_classes is None:
-            raise ConfigError("--model.num_classes is not set and the datamodule has no num_classes")
-        return int(data_classes)
-    if data_classes is not None and int(data_classes) != configured:
-        raise ConfigError(
-            f"--model.num_classes={configured} but the data has {data_classes} classes; "
-            "drop --model.num_classes to take it from the data"
-        )
-    return None
-
-
 def is_backbone_file(backbone: str) -> bool:
     """Whether ``--model.backbone`` names a file or folder rather than a timm model."""
     return os.path.exists(backbone) or backbone.endswith((".ckpt", ".safetensors")) or os.sep in backbone
@@ -187,25 +188,28 @@ def resolve_backbone(
     in_chans: int = 3,
     small_input_stem: bool = False,
     backbone_kwargs: dict[str, Any] | None = None,
-) -> tuple[nn.Module, dict[str, Any]]:
+) -> tuple[nn.Module, BackboneSpec]:
     """Build a backbone from a timm name, or load one from a visiontransfer file.
 
     Returns:
-        ``(model, spec)``, ``spec`` saying how to rebuild it (architecture, stem, channels, kwargs).
-    """
-    if is_backbone_file(backbone):
-        from visiontransfer.export import load_backbone_with_spec
+        ``(model, spec)``; a file's spec has ``source`` set to it.
 
-        model, spec = load_backbone_with_spec(backbone)
-        return model, {**spec, "source": os.path.abspath(backbone)}
-    model = create_backbone(backbone, pretrained, in_chans, small_input_stem, backbone_kwargs)
-    spec = {
-        "architecture": backbone,
-        "in_chans": in_chans,
-        "small_input_stem": small_input_stem,
-        "backbone_kwargs": dict(backbone_kwargs or {}),
-    }
-    return model, spec
+    Raises:
+        MissingPathError: a file path that does not exist, naming ``--model.backbone``.
+        ConfigError: a file that is no readable visiontransfer backbone, naming the flag.
+    """
+    if not is_backbone_file(backbone):
+        spec = BackboneSpec(backbone, in_chans, small_input_stem, dict(backbone_kwargs or {}))
+        return spec.build(pretrained), spec
+    try:
+        return load_backbone_file(backbone)
+    except FileNotFoundError:
+        raise MissingPathError(
+            f"--model.backbone={backbone!r} does not exist: give a timm model name, a .ckpt, an export "
+            "folder or a .safetensors file"
+        ) from None
+    except (CorruptCheckpointError, UnsafeCheckpointError, ValueError) as error:
+        raise ConfigError(f"--model.backbone={backbone!r}: {' '.join(str(error).split())}") from None
 
 
 def warmup_cosine(step: int, total: int, warmup: int, min_ratio: float) -> float:
@@ -214,15 +218,3 @@ def warmup_cosine(step: int, total: int, warmup: int, min_ratio: float) -> float
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def checkpoint_block(module: L.LightningModule, spec: dict[str, Any]) -> dict[str, Any]:
-    """The ``visiontransfer`` entry of a checkpoint: backbone spec, method, hparams, image size."""
-    datamodule = getattr(module._trainer, "datamodule", None) if module._trainer else None
-    hparams = {k: list(v) if isinstance(v, tuple) else v for k, v in module.hparams.items()}
-    return {
-        **spec,
-        "method": type(module).__name__,
-        "hyperparameters": {k: v for k, v in hparams.items() if not k.startswith("_")},
-        "image_size": getattr(datamodule, "image_size", None),
-    }

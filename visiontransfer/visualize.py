@@ -146,7 +146,7 @@ def colorize(model: Colorization, images: Tensor) -> tuple[Tensor, Tensor, Tenso
         Three ``(N, 3, H, W)`` float RGB tensors in [0, 1]: grey (L only), predicted (L with the
         predicted ab, annealed mean or regression, upsampled), true.
     """
-    from visiontransfer.pretext.lab import lab_to_rgb, rgb_to_lab
+    from visiontransfer.color import lab_to_rgb, rgb_to_lab
 
     was_training = model.training
     model.eval()

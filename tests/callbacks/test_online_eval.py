@@ -143,9 +143,8 @@ def test_bad_arguments_name_the_argument(kwargs: dict[str, Any], match: str) -> 
 
 
 def test_missing_root_names_the_callback(tmp_path: Path) -> None:
-    callback = OnlineEvaluation(root=str(tmp_path / "nowhere"))
     with pytest.raises(FileNotFoundError, match=r"OnlineEvaluation\(root="):
-        callback.prepare()
+        OnlineEvaluation(root=str(tmp_path / "nowhere"))
 
 
 def test_module_without_features_is_refused(tmp_path: Path) -> None:

@@ -127,7 +127,7 @@ def test_classification_reads_labeled_shards_through_the_datamodule(
 ) -> None:
     data = ClassificationDataModule(shards=str(shard_dir), image_size=32, batch_size=8, num_workers=0)
     assert data.num_classes == 5 and data.classes == sorted(data.classes)
-    model = ImageClassifier(backbone="resnet10t", strategy="finetune", lr=1e-3)
+    model = ImageClassifier(backbone="resnet10t", num_classes=data.num_classes, strategy="finetune", lr=1e-3)
     trainer = L.Trainer(
         default_root_dir=tmp_path, max_epochs=1, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False,

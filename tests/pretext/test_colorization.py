@@ -14,11 +14,12 @@ from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from PIL import Image
 
 from visiontransfer.backbones import FeatureBackbone, create_backbone
+from visiontransfer.color import rgb_to_lab
 from visiontransfer.data import PretrainDataModule
 from visiontransfer.imagelog import _send_to_loggers, log_image_grid
 from visiontransfer.losses import colorization_class_loss, colorization_regression_loss
 from visiontransfer.pretext.colorization import Colorization, ColorizationDecoder
-from visiontransfer.pretext.lab import ab_bin_centers, rgb_to_lab
+from visiontransfer.pretext.lab import ab_bin_centers
 
 TINY = {"backbone": "resnet10t", "small_input_stem": False, "decoder_width": 16}
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from visiontransfer import pretext
-from visiontransfer.cli import VisionTransferCLI, config_dir
+from visiontransfer.commands.lightning_cli import VisionTransferCLI, config_dir
 from visiontransfer.data import PretrainDataModule
 from visiontransfer.export import export_backbone, load_backbone
 from visiontransfer.pretext.base import PretextModule

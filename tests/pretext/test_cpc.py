@@ -19,7 +19,7 @@ def test_patches_are_the_right_pixels() -> None:
 def test_grid_size_and_errors() -> None:
     assert patch_grid_size(32, 8, 4) == 7
     assert patch_grid_size(240, 64, 32) == 6
-    with pytest.raises(ValueError, match=r"--model\.patch_size"):
+    with pytest.raises(ValueError, match=r"^patch_size=32 is larger than image_size=16"):
         patch_grid_size(16, 32, 8)
     with pytest.raises(ValueError, match="square"):
         extract_patches(torch.zeros(1, 3, 8, 16), 4, 2)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from visiontransfer.data import PretrainDataModule
+from visiontransfer.errors import ConfigError
 from visiontransfer.pretext import RotationPrediction
 from visiontransfer.pretext.ops import rotate_batch
 
@@ -34,8 +35,10 @@ def test_rotation_subset_labels_index_the_set() -> None:
 
 @pytest.mark.parametrize("bad", [(0,), (0, 45), (0, 0, 90), (0, 360)])
 def test_bad_rotation_sets(bad: tuple[int, ...]) -> None:
-    with pytest.raises(ValueError, match=r"--model\.rotations"):
+    with pytest.raises(ValueError, match=r"^rotations="):
         rotate_batch(torch.zeros(1, 1, 4, 4), bad)
+    with pytest.raises(ConfigError, match=r"^--model\.rotations="):
+        RotationPrediction(backbone="test_resnet", rotations=bad)
 
 
 def test_non_square_images_rejected() -> None:

@@ -13,9 +13,10 @@ import lightning as L
 import pytest
 import torch
 
+from visiontransfer.callbacks import PredictionWriter
 from visiontransfer.data import ClassificationDataModule, PretrainDataModule
 from visiontransfer.pretext import RotationPrediction
-from visiontransfer.transfer import ImageClassifier, PredictionWriter
+from visiontransfer.transfer import ImageClassifier
 from visiontransfer.transfer.freezing import backbone_stages, frozen_stage_count, layer_decay_scales
 
 TINY = {"backbone": "resnet10t", "small_input_stem": False}
@@ -58,11 +59,11 @@ def test_head_swap_only_head_keys_are_new(pretext_ckpt: Path) -> None:
     assert model.state_dict()["head.layers.0.weight"].shape == (10, model.num_features)
     for k in backbone_keys:
         assert torch.equal(model.state_dict()[k], pretext[k]), k
-    assert model.backbone_spec["source"].endswith("pretext.ckpt")
+    assert model.backbone_spec.source is not None and model.backbone_spec.source.endswith("pretext.ckpt")
 
 
 def test_linear_probe_keeps_backbone_and_bn_stats(pretext_ckpt: Path, tmp_path: Path) -> None:
-    model = ImageClassifier(backbone=str(pretext_ckpt), strategy="linear_probe", lr=0.05)
+    model = ImageClassifier(backbone=str(pretext_ckpt), num_classes=10, strategy="linear_probe", lr=0.05)
     before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
     head_before = None
     trainer = _trainer(tmp_path, max_steps=3)
@@ -153,18 +154,21 @@ def test_layer_decay_reaches_optimizer(tmp_path: Path) -> None:
         ImageClassifier(num_classes=3, layer_decay=1.5, **TINY)
 
 
-def test_num_classes_from_data_and_mismatch(tmp_path: Path) -> None:
-    model = ImageClassifier(**TINY)
-    trainer = _trainer(tmp_path, max_steps=1)
-    trainer.fit(model, _data())
-    assert model.num_classes == 10 and model.hparams["num_classes"] == 10
+def test_num_classes_declared_and_mismatch_named(tmp_path: Path) -> None:
+    data = _data()
+    model = ImageClassifier(num_classes=data.num_classes, class_names=data.classes, **TINY)
+    assert model.hparams["num_classes"] == 10 and model.hparams["class_names"] == data.classes
+    assert model.head(torch.zeros(1, model.num_features)).shape == (1, 10)  # built at construction
+    _trainer(tmp_path, max_steps=1).fit(model, data)
     wrong = ImageClassifier(num_classes=3, **TINY)
-    with pytest.raises(ValueError, match=r"--model\.num_classes=3 but the data has 10"):
+    with pytest.raises(ValueError, match=r"--model\.num_classes=3 but the data has label [3-9]"):
         _trainer(tmp_path, max_steps=1).fit(wrong, _data())
+    with pytest.raises(ValueError, match=r"--model\.class_names lists 2 names for --model\.num_classes=3"):
+        ImageClassifier(num_classes=3, class_names=["a", "b"], **TINY)
 
 
 def test_metrics_confusion_image_and_predictions(tmp_path: Path) -> None:
-    model = ImageClassifier(num_classes=10, **TINY)
+    model = ImageClassifier(num_classes=10, class_names=_data().classes, **TINY)
     logger = L.pytorch.loggers.CSVLogger(tmp_path, name="cls")
     writer = PredictionWriter("predictions.csv")
     trainer = _trainer(

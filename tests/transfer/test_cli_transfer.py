@@ -11,8 +11,8 @@ from pathlib import Path
 import lightning as L
 import pytest
 
-from visiontransfer.cli import VisionTransferCLI, config_dir
 from visiontransfer.cli import main as cli_main
+from visiontransfer.commands.lightning_cli import VisionTransferCLI, config_dir
 from visiontransfer.data import PretrainDataModule
 from visiontransfer.export import load_backbone
 from visiontransfer.pretext import RotationPrediction

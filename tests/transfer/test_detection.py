@@ -13,12 +13,13 @@ import pytest
 import torch
 
 from visiontransfer.backbones import FeatureBackbone, create_backbone
-from visiontransfer.cli import VisionTransferCLI, config_dir
+from visiontransfer.callbacks import DetectionWriter
+from visiontransfer.commands.lightning_cli import VisionTransferCLI, config_dir
 from visiontransfer.data import PretrainDataModule
 from visiontransfer.data.detection import DetectionDataModule, image_size
 from visiontransfer.export import export_backbone, load_backbone
 from visiontransfer.pretext import RotationPrediction
-from visiontransfer.transfer import DetectionWriter, ObjectDetector
+from visiontransfer.transfer import ObjectDetector
 from visiontransfer.transfer.detection import TimmFPNBackbone
 
 TINY = {"backbone": "resnet10t", "fpn_channels": 32, "min_size": 128}
@@ -137,11 +138,11 @@ def test_freezing_and_batchnorm() -> None:
 
 def test_bad_arguments_name_the_flag() -> None:
     with pytest.raises(ValueError, match=r"--model\.detector='yolo'"):
-        ObjectDetector(detector="yolo", **TINY)  # type: ignore[arg-type]
+        ObjectDetector(num_classes=1, detector="yolo", **TINY)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"--model.trainable_stages=9 must be in \[0, 5\]"):
-        ObjectDetector(trainable_stages=9, **TINY)
+        ObjectDetector(num_classes=1, trainable_stages=9, **TINY)
     with pytest.raises(ValueError, match=r"--model\.anchor_scale does not apply to FCOS"):
-        ObjectDetector(detector="fcos", anchor_scale=4, **TINY)
+        ObjectDetector(num_classes=1, detector="fcos", anchor_scale=4, **TINY)
 
 
 @pytest.fixture(scope="module")
@@ -158,11 +159,13 @@ def pretext_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_pretext_checkpoint_to_detector_to_export(pretext_ckpt: Path, tmp_path: Path) -> None:
     pretext = torch.load(pretext_ckpt, weights_only=True)["state_dict"]
-    model = ObjectDetector(backbone=str(pretext_ckpt), fpn_channels=32)
+    data = DetectionDataModule(image_size=64, synthetic_size=16, batch_size=2, num_workers=0)
+    model = ObjectDetector(
+        backbone=str(pretext_ckpt), fpn_channels=32, num_classes=data.num_classes, input_size=data.image_size
+    )
     assert model.hparams["small_input_stem"] is False  # the stem came from the checkpoint
     for k, v in model.backbone.state_dict().items():
         assert torch.equal(v, pretext[f"backbone.{k}"]), k
-    data = DetectionDataModule(image_size=64, synthetic_size=16, batch_size=2, num_workers=0)
     trainer = _trainer(tmp_path, max_epochs=1, limit_train_batches=1, limit_val_batches=1)
     trainer.fit(model, data)
     assert model.num_classes == 10 and model.detector.transform.min_size == (64,)

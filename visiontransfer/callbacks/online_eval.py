@@ -344,8 +344,8 @@ class OnlineEvaluation(L.Callback):
                 pin_memory=torch.cuda.is_available(), persistent_workers=False, seed=seed,
                 synthetic_size=synthetic_size,
             )  # fmt: skip
-        except ValueError as error:
-            raise ValueError(f"OnlineEvaluation: {error}") from None
+        except ValueError as error:  # a MissingPathError stays one (a FileNotFoundError too)
+            raise type(error)(f"OnlineEvaluation(root={root!r}): {error}") from None
         self.probe = LinearProbe(probe_epochs, probe_lr, probe_weight_decay, probe_batch_size, seed)
         self.history: list[dict[str, Any]] = []
         self.last_metrics: dict[str, float] = {}

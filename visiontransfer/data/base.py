@@ -11,10 +11,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import albumentations as A
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, Subset, get_worker_info
 
 from visiontransfer.data.datasets import (
     ImageFileDataset,
@@ -27,9 +28,10 @@ from visiontransfer.data.device_decode import collate_encoded, decode_on_device
 from visiontransfer.data.index import PathTable
 from visiontransfer.data.sampling import ResumableLoader, ResumableSampler
 from visiontransfer.data.shards import ShardLoader, ShardStream
+from visiontransfer.data.sources import resolve_source
 from visiontransfer.data.synthetic import SHAPES
 from visiontransfer.data.transforms import Augment, eval_transform, seed_transform, train_transform
-from visiontransfer.errors import ConfigError
+from visiontransfer.errors import ConfigError, require
 from visiontransfer.imagelog import log_folder
 
 PROBE_FILES = 64
@@ -46,6 +48,16 @@ def _seed_worker(worker_id: int) -> None:
     transform = getattr(info.dataset, "transform", None)
     if transform is not None:
         seed_transform(transform, seed)
+
+
+def check_label_budget(samples_per_class: int | None, label_fraction: float | None) -> None:
+    """A datamodule's small-label budget: at most one of the two, each in range (naming the flag)."""
+    if samples_per_class is not None and label_fraction is not None:
+        raise ConfigError("give either --data.samples_per_class or --data.label_fraction, not both")
+    if samples_per_class is not None:
+        require(samples_per_class >= 1, "data", "samples_per_class", samples_per_class, "must be >= 1")
+    if label_fraction is not None:
+        require(0 < label_fraction <= 1, "data", "label_fraction", label_fraction, "must be in (0, 1]")
 
 
 def probe_readable(paths: PathTable, where: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
@@ -70,29 +82,41 @@ def probe_readable(paths: PathTable, where: str, max_pixels: int = DEFAULT_MAX_P
     )
 
 
-class _ImageDataModule(L.LightningDataModule):
-    """Loader plumbing shared by the datamodules: workers, seeding, skipped-file bookkeeping."""
+class ImageDataModule(L.LightningDataModule):
+    """Loader plumbing shared by the datamodules: workers, seeding, skipped-file bookkeeping, the
+    resumable training loader, and :meth:`source` (the :class:`~visiontransfer.data.protocol.ImageData`
+    protocol). Subclasses build their datasets in ``setup`` and their transforms in
+    :meth:`_transforms`.
+
+    Keyword-only args:
+        image_size: Side of the square crops fed to the model, in pixels.
+        batch_size: Images per batch per process.
+        num_workers: DataLoader worker processes; -1 means one per CPU core, at most 8.
+        pin_memory: Pin host memory for faster copies to the GPU (ignored without CUDA).
+        persistent_workers: Keep workers alive between epochs.
+        seed: Seed of the splits, the label subsets, the augmentations and of the embedded set.
+        max_pixels: Largest image (width × height) decoded; larger headers are skipped as
+            decompression bombs.
+        synthetic_size: Number of training images of the embedded set (when no data is given).
+    """
 
     def __init__(
         self,
-        image_size: int,
-        batch_size: int,
-        augment: Augment,
-        num_workers: int,
-        pin_memory: bool,
-        persistent_workers: bool,
-        seed: int,
-        max_pixels: int,
-        synthetic_size: int,
+        *,
+        image_size: int = 32,
+        batch_size: int = 128,
+        num_workers: int = -1,
+        pin_memory: bool = True,
+        persistent_workers: bool = True,
+        seed: int = 0,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        synthetic_size: int = 2048,
     ) -> None:
         super().__init__()
-        if batch_size < 1:
-            raise ConfigError(f"--data.batch_size={batch_size} must be >= 1")
-        if synthetic_size < 16:
-            raise ConfigError(f"--data.synthetic_size={synthetic_size} must be >= 16")
+        require(batch_size >= 1, "data", "batch_size", batch_size, "must be >= 1")
+        require(synthetic_size >= 16, "data", "synthetic_size", synthetic_size, "must be >= 16")
         self.image_size = image_size
         self.batch_size = batch_size
-        self.augment: Augment = augment
         self.num_workers = min(8, os.cpu_count() or 1) if num_workers < 0 else num_workers
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers
@@ -105,9 +129,24 @@ class _ImageDataModule(L.LightningDataModule):
         self._pending_loader_state: dict[str, int] | None = None
         self._collate: Callable[[list[Any]], dict[str, Any]] = collate_samples
         # Train and eval pipelines are built once; workers reseed their own copies.
-        self._train_tf = train_transform(image_size, augment)
-        self._eval_tf = eval_transform(image_size)
+        self._train_tf, self._eval_tf = self._transforms()
         seed_transform(self._train_tf, seed)
+
+    def _transforms(self) -> tuple[A.Compose, A.Compose]:
+        """The training and evaluation pipelines (called once, in ``__init__``)."""
+        return train_transform(self.image_size, "none"), eval_transform(self.image_size)
+
+    def has_split(self, split: str) -> bool:
+        """Whether ``setup`` built a ``split`` set (``train``, ``val``, ``test``, ``predict``)."""
+        return split in self.datasets
+
+    def source(self, split: str, index: int) -> str:
+        """The file behind item ``index`` of ``split`` (``embedded:N`` for the embedded set)."""
+        dataset = self.datasets.get(split)
+        while isinstance(dataset, Subset):
+            index, dataset = int(dataset.indices[index]), dataset.dataset
+        describe = getattr(dataset, "source", None)
+        return describe(index) if callable(describe) else f"{split}:{index}"
 
     @property
     def skipped_files(self) -> list[str]:
@@ -249,3 +288,39 @@ class _ImageDataModule(L.LightningDataModule):
         transform = self._train_tf if train else self._eval_tf
         render = max(self.image_size, 32)
         return SyntheticDataset(scenes, transform, render, len(SHAPES), self.seed)
+
+
+class SourceDataModule(ImageDataModule):
+    """A datamodule whose images come from one source: a folder, a manifest, tar shards, or (with
+    none of them) the embedded procedural set, resolved and checked once at construction
+    (:func:`~visiontransfer.data.sources.resolve_source`).
+
+    Args:
+        root: Image folder (its layout is described by the datamodule).
+        manifest: Instead of ``root``: a manifest file of image paths (paths relative to its folder).
+        shards: Instead of ``root``: a folder of tar shards written by ``visiontransfer shard``
+            (streamed, split across processes and workers).
+        shuffle_buffer: Samples per worker in the shuffle buffer when reading ``shards``.
+        augment: Training augmentation preset (``crop_flip``, ``flip`` or ``none``).
+        **kwargs: Loader arguments of :class:`ImageDataModule` (``image_size``, ``batch_size``,
+            ``num_workers``, ``seed``, ...).
+    """
+
+    def __init__(
+        self,
+        *,
+        root: str | None = None,
+        manifest: str | None = None,
+        shards: str | None = None,
+        shuffle_buffer: int = 2000,
+        augment: Augment = "crop_flip",
+        **kwargs: Any,
+    ) -> None:
+        self.augment: Augment = augment
+        super().__init__(**kwargs)
+        self.images = resolve_source(root, manifest, shards)
+        self.root, self.manifest, self.shards = root, manifest, shards
+        self.shuffle_buffer = shuffle_buffer
+
+    def _transforms(self) -> tuple[A.Compose, A.Compose]:
+        return train_transform(self.image_size, self.augment), eval_transform(self.image_size)

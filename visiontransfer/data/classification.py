@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from visiontransfer.data.base import _ImageDataModule, probe_readable
-from visiontransfer.data.decode import DEFAULT_MAX_PIXELS
+from visiontransfer.data.base import SourceDataModule, check_label_budget, probe_readable
 from visiontransfer.data.index import PathTable, read_manifest, scan_class_folders
 from visiontransfer.data.shards import read_index
 from visiontransfer.data.subsets import stratified_split, stratified_subset
 from visiontransfer.data.synthetic import SHAPES
-from visiontransfer.data.transforms import Augment
-from visiontransfer.errors import ConfigError, MissingPathError
+from visiontransfer.errors import ConfigError, MissingPathError, require
 
 SPLIT_DIRS = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
 """Sub-folder names recognised when ``root`` holds split folders rather than class folders."""
@@ -66,83 +65,58 @@ def _shard_classes(folder: str) -> list[str]:
     return classes
 
 
-class ClassificationDataModule(_ImageDataModule):
+class ClassificationDataModule(SourceDataModule):
     """Labeled images for downstream classification, with small-label subsets.
 
-    With no ``root`` and no ``manifest`` it serves the embedded procedural set (10 shape classes).
+    ``root`` is a class-per-folder tree, or a folder holding ``train/`` (and optionally ``val/``,
+    ``test/``) class-per-folder trees; ``manifest`` a CSV file with ``path`` and ``label``
+    columns; ``shards`` labeled tar shards (``visiontransfer shard SRC --out DIR --labeled``),
+    whose ``val-*`` shards validate unless ``val_root`` is given; the whole shard set is used
+    (``samples_per_class`` and ``label_fraction`` need ``root`` or ``manifest``). With none of
+    them it serves the embedded procedural set (10 shape classes).
 
     Args:
-        root: Class-per-folder tree, or a folder holding ``train/`` (and optionally ``val/``,
-            ``test/``) class-per-folder trees.
-        manifest: Instead of ``root``: a CSV file with ``path`` and ``label`` columns.
-        shards: Instead of ``root``: a folder of labeled tar shards written by
-            ``visiontransfer shard SRC --out DIR --labeled`` (streamed, split across processes and
-            workers); validation reads its ``val-*`` shards unless ``val_root`` is given. The
-            whole set is used: ``samples_per_class`` and ``label_fraction`` need ``root`` or
-            ``manifest``.
-        shuffle_buffer: Samples per worker in the shuffle buffer when reading ``shards``.
         val_root: Validation set (a class-per-folder tree or a CSV manifest); default: ``root/val``
             if present, else a stratified ``val_fraction`` of the training images.
         test_root: Test set (folder or CSV manifest); default: ``root/test`` if present.
         samples_per_class: Keep at most this many training labels per class.
         label_fraction: Keep this share of the training labels of each class, in (0, 1].
         val_fraction: Share of each class held out for validation when no validation set exists.
-        image_size: Side of the square crops fed to the model, in pixels.
-        batch_size: Images per batch per process.
-        augment: Training augmentation preset (``crop_flip``, ``flip`` or ``none``).
-        num_workers: DataLoader worker processes; -1 means one per CPU core, at most 8.
-        pin_memory: Pin host memory for faster copies to the GPU (ignored without CUDA).
-        persistent_workers: Keep workers alive between epochs.
-        seed: Seed of the validation split, of the labeled subset and of the embedded set.
-        max_pixels: Largest image (width × height) decoded; larger headers are skipped.
-        synthetic_size: Number of training images of the embedded set (when no data is given).
+        test_images: Test on a stratified subset of about this many test images (seed 0, the
+            same subset whatever ``seed``); None: all.
+        **kwargs: ``root``, ``manifest``, ``shards``, ``augment`` and the loader arguments of
+            :class:`~visiontransfer.data.base.SourceDataModule`.
     """
 
     def __init__(
         self,
-        root: str | None = None,
-        manifest: str | None = None,
-        shards: str | None = None,
-        shuffle_buffer: int = 2000,
+        *,
         val_root: str | None = None,
         test_root: str | None = None,
         samples_per_class: int | None = None,
         label_fraction: float | None = None,
         val_fraction: float = 0.1,
-        image_size: int = 32,
-        batch_size: int = 128,
-        augment: Augment = "crop_flip",
-        num_workers: int = -1,
-        pin_memory: bool = True,
-        persistent_workers: bool = True,
-        seed: int = 0,
-        max_pixels: int = DEFAULT_MAX_PIXELS,
-        synthetic_size: int = 2048,
+        test_images: int | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            image_size, batch_size, augment, num_workers, pin_memory, persistent_workers,
-            seed, max_pixels, synthetic_size,
-        )  # fmt: skip
-        if sum(x is not None for x in (root, manifest, shards)) > 1:
-            raise ConfigError("give one of --data.root, --data.manifest or --data.shards")
-        # Fail on a bad budget now, not after indexing.
-        stratified_subset(np.zeros(1, np.int64), samples_per_class, label_fraction)
-        self._shard_classes = None if shards is None else _shard_classes(shards)
-        if shards is not None and (samples_per_class is not None or label_fraction is not None):
+        super().__init__(**kwargs)
+        check_label_budget(samples_per_class, label_fraction)
+        require(0 < val_fraction < 1, "data", "val_fraction", val_fraction, "must be in (0, 1)")
+        require(test_images is None or test_images >= 1, "data", "test_images", test_images, "must be >= 1")
+        self._shard_classes = None if self.shards is None else _shard_classes(self.shards)
+        if self.shards is not None and (samples_per_class is not None or label_fraction is not None):
             raise ConfigError(
                 "--data.samples_per_class and --data.label_fraction draw from an indexed set: "
                 "use --data.root or --data.manifest for small-label subsets, not --data.shards"
             )
-        self.root = root
-        self.manifest = manifest
-        self.shards = shards
-        self.shuffle_buffer = shuffle_buffer
         self.val_root = val_root
         self.test_root = test_root
         self.samples_per_class = samples_per_class
         self.label_fraction = label_fraction
         self.val_fraction = val_fraction
+        self.test_images = test_images
         self._classes: list[str] | None = None
+        self._scans: dict[str, tuple[list[str], np.ndarray, list[str]]] = {}
         self.save_hyperparameters()
 
     # -- where the splits come from -------------------------------------------------------------
@@ -152,8 +126,6 @@ class ClassificationDataModule(_ImageDataModule):
             return {"train": self.manifest, "val": self.val_root, "test": self.test_root}
         if self.root is None:
             return {"train": None, "val": None, "test": None}
-        if not os.path.isdir(self.root):
-            raise MissingPathError(f"--data.root={self.root!r} does not exist or is not a folder")
         train = _find_split(self.root, "train")
         return {
             "train": train or self.root,
@@ -171,16 +143,22 @@ class ClassificationDataModule(_ImageDataModule):
             elif train is None:
                 self._classes = list(SHAPES)
             elif os.path.isdir(train):
-                try:
-                    self._classes = scan_class_folders(train)[2]
-                except FileNotFoundError as error:
-                    raise MissingPathError(f"--data.root={self.root!r}: {error}") from None
+                self._classes = self._scan(train, "--data.root")[2]
             else:
                 _, labels = read_manifest(train)
                 if labels is None:
                     raise ConfigError(f"--data.manifest={train!r} needs a 'label' column")
                 self._classes = _natural_sorted(set(labels))
         return self._classes
+
+    def _scan(self, folder: str, flag: str) -> tuple[list[str], np.ndarray, list[str]]:
+        """A class-per-folder tree, indexed once (the class names are asked for before set-up)."""
+        if folder not in self._scans:
+            try:
+                self._scans[folder] = scan_class_folders(folder)
+            except FileNotFoundError as error:
+                raise MissingPathError(f"{flag}={folder!r}: {error}") from None
+        return self._scans[folder]
 
     @property
     def num_classes(self) -> int:
@@ -191,10 +169,8 @@ class ClassificationDataModule(_ImageDataModule):
         """Index a class-per-folder tree or a CSV manifest, labels mapped to :attr:`classes`."""
         index = {name: i for i, name in enumerate(self.classes)}
         if os.path.isdir(source):
-            try:
-                rel, labels, names = scan_class_folders(source)
-            except FileNotFoundError as error:
-                raise MissingPathError(f"{flag}={source!r}: {error}") from None
+            rel, labels, names = self._scan(source, flag)
+            self._scans.pop(source, None)  # a million Python strings must not reach the workers
             table = PathTable(source, rel)
             label_names = [names[i] for i in labels]
         elif not os.path.isfile(source):
@@ -239,8 +215,16 @@ class ClassificationDataModule(_ImageDataModule):
         self.datasets["val"] = self._files(val.paths, val.labels, train=False)
         if sources["test"] is not None:
             test = self._read(sources["test"], "--data.test_root")
+            test = test.take(self._test_positions(test.labels))
             self.datasets["test"] = self._files(test.paths, test.labels, train=False)
         self.datasets["predict"] = self.datasets.get("test", self.datasets["val"])
+
+    def _test_positions(self, labels: np.ndarray) -> np.ndarray:
+        """All test images, or a stratified ``test_images`` of them (seed 0: the same for every seed)."""
+        if self.test_images is None or self.test_images >= len(labels):
+            return np.arange(len(labels))
+        per_class = max(1, self.test_images // self.num_classes)
+        return stratified_subset(labels, samples_per_class=per_class, seed=0)
 
     def _setup_shards(self, folder: str) -> None:
         train, val = self._shard_streams(folder, self.shuffle_buffer)
@@ -257,6 +241,7 @@ class ClassificationDataModule(_ImageDataModule):
             )
         if self.test_root is not None:
             test = self._read(self.test_root, "--data.test_root")
+            test = test.take(self._test_positions(test.labels))
             self.datasets["test"] = self._files(test.paths, test.labels, train=False)
         self.datasets["predict"] = self.datasets.get("test", self.datasets["val"])
 

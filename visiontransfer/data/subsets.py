@@ -11,8 +11,6 @@ import math
 
 import numpy as np
 
-from visiontransfer.errors import ConfigError
-
 
 def _class_permutations(labels: np.ndarray, seed: int) -> list[np.ndarray]:
     """One seeded permutation of the indices of each class, classes in label order."""
@@ -35,7 +33,7 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int = 0) -> 
         ``(train indices, val indices)``, each sorted.
     """
     if not 0.0 < val_fraction < 1.0:
-        raise ConfigError(f"--data.val_fraction={val_fraction} must be in (0, 1)")
+        raise ValueError(f"val_fraction={val_fraction} must be in (0, 1)")
     train, val = [], []
     for perm in _class_permutations(np.asarray(labels), seed + 1):
         n_val = min(max(1, round(val_fraction * len(perm))), len(perm) - 1) if len(perm) > 1 else 0
@@ -60,13 +58,13 @@ def stratified_subset(
     """
     labels = np.asarray(labels)
     if samples_per_class is not None and label_fraction is not None:
-        raise ConfigError("give either --data.samples_per_class or --data.label_fraction, not both")
+        raise ValueError("give either samples_per_class or label_fraction, not both")
     if samples_per_class is None and label_fraction is None:
         return np.arange(len(labels))
     if samples_per_class is not None and samples_per_class < 1:
-        raise ConfigError(f"--data.samples_per_class={samples_per_class} must be >= 1")
+        raise ValueError(f"samples_per_class={samples_per_class} must be >= 1")
     if label_fraction is not None and not 0.0 < label_fraction <= 1.0:
-        raise ConfigError(f"--data.label_fraction={label_fraction} must be in (0, 1]")
+        raise ValueError(f"label_fraction={label_fraction} must be in (0, 1]")
     chosen = []
     for perm in _class_permutations(labels, seed):
         if samples_per_class is not None:

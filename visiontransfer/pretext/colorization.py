@@ -8,10 +8,13 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from lightning.pytorch import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
 from visiontransfer.backbones import FeatureBackbone
+from visiontransfer.callbacks.statistics import DataStatistics
+from visiontransfer.color import L_MAX, lab_to_rgb, rgb_to_lab
 from visiontransfer.errors import ConfigError
 from visiontransfer.imagelog import log_image_grid
 from visiontransfer.losses import AB_LOSS_SCALE, colorization_class_loss, colorization_regression_loss
@@ -19,10 +22,8 @@ from visiontransfer.pretext.base import PretextModule
 from visiontransfer.pretext.lab import (
     ab_bin_centers,
     annealed_mean,
-    lab_to_rgb,
     nearest_bin,
     rebalance_weights,
-    rgb_to_lab,
     smooth_prior,
     soft_encode,
 )
@@ -101,6 +102,7 @@ class ColorizationDecoder(nn.Module):
 
 def _check_args(
     loss: str,
+    grid_size: int,
     soft_k: int,
     soft_sigma: float,
     rebalance_lambda: float,
@@ -113,6 +115,8 @@ def _check_args(
     checks = [
         (loss in ("classification", "regression"),
          f"--model.loss={loss!r} must be classification (the paper) or regression"),
+        (5 <= grid_size <= 55,
+         f"--model.grid_size={grid_size} must be in 5..55 (ab units; the paper uses 10)"),
         (soft_k >= 1, f"--model.soft_k={soft_k} must be >= 1 (the paper uses 5)"),
         (soft_sigma > 0, f"--model.soft_sigma={soft_sigma} must be > 0 (the paper uses 5)"),
         (0 <= rebalance_lambda <= 1,
@@ -127,7 +131,7 @@ def _check_args(
     ]  # fmt: skip
     for ok, message in checks:
         if not ok:
-            raise ValueError(message)
+            raise ConfigError(message)
 
 
 class Colorization(PretextModule):
@@ -199,7 +203,7 @@ class Colorization(PretextModule):
         **kwargs: Any,
     ) -> None:
         _check_args(
-            loss, soft_k, soft_sigma, rebalance_lambda, temperature, prior_batches,
+            loss, grid_size, soft_k, soft_sigma, rebalance_lambda, temperature, prior_batches,
             output_stride, decoder_levels, log_images_every_n_epochs,
         )  # fmt: skip
         if kwargs.pop("in_chans", 1) != 1:
@@ -221,7 +225,7 @@ class Colorization(PretextModule):
         if decoder_levels > levels > 0:  # no levels at all: FeatureBackbone says so
             raise ConfigError(
                 f"--model.decoder_levels={decoder_levels} must be <= {levels}, the number of "
-                f"feature levels of --model.backbone={self.backbone_spec['architecture']}"
+                f"feature levels of --model.backbone={self.backbone_spec.architecture}"
             )
         pyramid = FeatureBackbone(self.backbone, tuple(range(-decoder_levels, 0)))  # the deepest maps
         # Not a registered submodule: it only wraps self.backbone (same parameters), and the
@@ -248,11 +252,7 @@ class Colorization(PretextModule):
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"Colorization needs RGB images (B, 3, H, W), got {tuple(images.shape)}")
         lab = rgb_to_lab(images.float() / 255.0)
-        return lab, self.normalize(lab[:, :1] * 2.55)  # L 0..100 → 0..255, as base normalises
-
-    def features(self, images: Tensor) -> Tensor:
-        """Pooled backbone features ``(B, num_features)`` of ``uint8`` RGB images (from their L)."""
-        return self.backbone(self._lab_and_input(images)[1])
+        return lab, self.normalize(lab[:, :1] * (255.0 / L_MAX))  # L 0..100 → 0..255, as normalize takes
 
     def _decode(self, x: Tensor) -> Tensor:
         stride = self.decoder.output_stride
@@ -325,14 +325,20 @@ class Colorization(PretextModule):
 
     # Colour prior -----------------------------------------------------------------------------
 
-    def on_fit_start(self) -> None:
-        """Measure the colour prior on the training data, unless it is known (resumed run)."""
-        if self.loss_type != "classification":
-            return
-        if self.prior_ready:
+    def configure_callbacks(self) -> list[Callback]:
+        """The colour prior is measured by :class:`~visiontransfer.callbacks.statistics.DataStatistics`."""
+        return [DataStatistics(self.prior_batches)] if self.loss_type == "classification" else []
+
+    @property
+    def statistics_ready(self) -> bool:
+        """No prior is needed (regression), or it is known (measured, or restored on resume)."""
+        if self.loss_type == "classification" and self.prior_ready:
             rank_zero_info("Colorization: colour prior restored from the checkpoint; not measured again")
-            return
-        counts = self.count_ab_bins(self._prior_batches())
+        return self.loss_type != "classification" or self.prior_ready
+
+    def measure_from_batches(self, batches: Iterable[Any]) -> None:
+        """Measure the colour prior from training ``batches`` (summed over every DDP process)."""
+        counts = self.count_ab_bins(batches)
         counts = self.trainer.strategy.reduce(counts, reduce_op="sum")  # all ranks' pixels
         total = int(counts.sum())
         if total == 0:
@@ -343,18 +349,6 @@ class Colorization(PretextModule):
         self.ab_prior.copy_(counts.double().div(total).to(self.ab_prior))
         used = int((counts > 0).sum())
         rank_zero_info(f"Colorization: colour prior from {total} pixels; {used} of {self.num_bins} bins seen")
-
-    def _prior_batches(self) -> Iterable[Any]:
-        """The training batches to measure the prior on: from the datamodule or the fit loop."""
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is not None:
-            loader = datamodule.train_dataloader()
-        else:  # trainer.fit(model, train_dataloaders=...): no public accessor before the loop runs
-            loader = self.trainer.fit_loop._data_source.dataloader()
-        for i, batch in enumerate(loader):
-            if i >= self.prior_batches:
-                break
-            yield batch
 
     @torch.no_grad()
     def count_ab_bins(self, batches: Iterable[Any]) -> Tensor:

@@ -9,11 +9,11 @@ import torch.nn.functional as F
 from timm.layers import LayerNorm2d
 from torch import Tensor, nn
 
-from visiontransfer.errors import ConfigError
+from visiontransfer.errors import ConfigError, require
 from visiontransfer.losses import info_nce
 from visiontransfer.pretext.augment import color_jitter, random_grayscale, random_hflip
 from visiontransfer.pretext.base import PretextModule
-from visiontransfer.pretext.ops import extract_patches, patch_grid_size
+from visiontransfer.pretext.ops import extract_patches
 
 
 class CausalConv2d(nn.Conv2d):
@@ -146,9 +146,11 @@ class ContrastivePatches(PretextModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        patch_grid_size(patch_size, patch_size, patch_stride)
-        if prediction_steps < 1:
-            raise ConfigError(f"--model.prediction_steps={prediction_steps} must be >= 1")
+        require(patch_size >= 1, "model", "patch_size", patch_size, "must be >= 1")
+        require(patch_stride >= 1, "model", "patch_stride", patch_stride, "must be >= 1")
+        require(prediction_steps >= 1, "model", "prediction_steps", prediction_steps, "must be >= 1")
+        if self.input_size is not None:
+            self._check_grid(self.input_size, patch_size, patch_stride)
         self.patch_size = patch_size
         self.patch_stride = patch_stride
         self.augment_patches = augment_patches
@@ -157,16 +159,16 @@ class ContrastivePatches(PretextModule):
             nn.Conv2d(context_width, self.num_features, 1) for _ in range(prediction_steps)
         )
 
-    def setup(self, stage: str) -> None:
-        size = getattr(getattr(self.trainer, "datamodule", None), "image_size", None)
-        if size is not None:
-            grid = patch_grid_size(int(size), self.patch_size, self.patch_stride)
-            if grid < 2:
-                raise ConfigError(
-                    f"--data.image_size={size} with --model.patch_size={self.patch_size} and "
-                    f"--model.patch_stride={self.patch_stride} gives a {grid}x{grid} grid: CPC needs at "
-                    "least 2 rows; lower the patch size or stride, or raise the image size"
-                )
+    @staticmethod
+    def _check_grid(size: int, patch_size: int, patch_stride: int) -> None:
+        """The images must hold a grid of at least 2 rows of patches (naming the flags)."""
+        grid = (size - patch_size) // patch_stride + 1 if patch_size <= size else 0
+        if grid < 2:
+            raise ConfigError(
+                f"--data.image_size={size} with --model.patch_size={patch_size} and "
+                f"--model.patch_stride={patch_stride} gives a {grid}x{grid} grid: CPC needs at "
+                "least 2 rows; lower the patch size or stride, or raise the image size"
+            )
 
     def encode_patches(self, images: Tensor, augment: bool = False) -> Tensor:
         """``(B, 3, H, W)`` uint8 → patch vectors ``(B, D, G, G)``."""

@@ -1,12 +1,5 @@
-"""CIE Lab colour math and the quantised ab space of colourization, as pure torch functions.
-
-Colour conversion: sRGB (IEC 61966-2-1, exact piecewise gamma: linear below 0.04045 with slope
-1/12.92, power 2.4 above) → linear RGB → CIE XYZ (D65 white) → CIE L*a*b* with the CIE
-``f(t)`` (cube root above ``epsilon = 216/24389``, ``(kappa·t + 16)/116`` below, ``kappa =
-24389/27``). The RGB→XYZ matrix and the D65 white point are the ones scikit-image uses, so the
-two agree to float precision. Everything runs on the input's device and dtype and is
-differentiable: the power branches are evaluated on clamped inputs, so gradients stay finite at
-0 (no ``0 ** (1/3)`` derivative).
+"""The quantised ab space of colourization, as pure torch functions (the colour conversion
+itself is :mod:`visiontransfer.color`).
 
 Quantised ab space (Zhang, Isola, Efros, "Colorful Image Colorization", ECCV 2016, §2.1): a/b
 are cut into a grid of ``grid_size`` (10) over ``[-110, 110]`` (bin centres at the multiples of
@@ -25,84 +18,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from visiontransfer.errors import ConfigError
+from visiontransfer.color import rgb_to_lab
 
-EPSILON = 216.0 / 24389.0
-"""CIE ``epsilon``: below this ``Y/Yn`` the Lab ``f`` is linear."""
-KAPPA = 24389.0 / 27.0
-"""CIE ``kappa``: slope of the linear part, ``f(t) = (kappa·t + 16) / 116``."""
-D65_WHITE = (0.95047, 1.0, 1.08883)
-"""XYZ of the D65 reference white (2° observer), as in scikit-image."""
-XYZ_FROM_RGB = (
-    (0.412453, 0.357580, 0.180423),
-    (0.212671, 0.715160, 0.072169),
-    (0.019334, 0.119193, 0.950227),
-)
-"""Linear sRGB → XYZ (the matrix scikit-image uses)."""
 AB_RANGE = 110.0
 """Half-width of the quantised ab square ``[-110, 110]²`` (Zhang et al.)."""
-
-
-def _check_image(x: Tensor, name: str) -> None:
-    if x.ndim != 4 or x.shape[1] != 3:
-        raise ValueError(f"{name} needs a (B, 3, H, W) tensor, got shape {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise ValueError(f"{name} needs a float tensor, got {x.dtype} (divide uint8 images by 255)")
-
-
-def _mix(x: Tensor, matrix: Tensor) -> Tensor:
-    """Apply a 3×3 colour matrix to the channel axis of ``(B, 3, H, W)``.
-
-    Element-wise on purpose: a matmul would run in half precision under mixed-precision autocast.
-    """
-    channels = x.unbind(1)
-    rows = [sum(m * c for m, c in zip(row, channels, strict=True)) for row in matrix]
-    return torch.stack(rows, dim=1)  # type: ignore[arg-type]
-
-
-def _constants(x: Tensor, inverse: bool = False) -> tuple[Tensor, Tensor]:
-    """The RGB→XYZ matrix (or its inverse, taken in float64) and the white, like ``x``."""
-    matrix = torch.tensor(XYZ_FROM_RGB, dtype=torch.float64)
-    if inverse:
-        matrix = torch.linalg.inv(matrix)
-    white = torch.tensor(D65_WHITE, dtype=torch.float64).view(1, 3, 1, 1)
-    return matrix.to(x.device, x.dtype), white.to(x.device, x.dtype)
-
-
-def rgb_to_lab(rgb: Tensor) -> Tensor:
-    """sRGB ``(B, 3, H, W)`` float in ``[0, 1]`` → Lab: L in 0..100, a and b roughly -128..127."""
-    _check_image(rgb, "rgb_to_lab")
-    matrix, white = _constants(rgb)
-    linear = torch.where(
-        rgb > 0.04045, ((rgb.clamp_min(0.04045) + 0.055) / 1.055) ** 2.4, rgb / 12.92
-    )  # (B, 3, H, W)
-    t = _mix(linear, matrix) / white  # XYZ relative to white
-    f = torch.where(t > EPSILON, t.clamp_min(EPSILON) ** (1.0 / 3.0), (KAPPA * t + 16.0) / 116.0)
-    fx, fy, fz = f.unbind(1)
-    return torch.stack([116.0 * fy - 16.0, 500.0 * (fx - fy), 200.0 * (fy - fz)], dim=1)
-
-
-def lab_to_rgb(lab: Tensor) -> Tensor:
-    """Lab ``(B, 3, H, W)`` → sRGB float, clamped to ``[0, 1]`` (out-of-gamut colours clip)."""
-    _check_image(lab, "lab_to_rgb")
-    rgb_from_xyz, white = _constants(lab, inverse=True)
-    lightness, a, b = lab.unbind(1)
-    fy = (lightness + 16.0) / 116.0
-    f = torch.stack([fy + a / 500.0, fy, fy - b / 200.0], dim=1)  # (B, 3, H, W)
-    f_eps = EPSILON ** (1.0 / 3.0)
-    t = torch.where(f > f_eps, f**3, (116.0 * f - 16.0) / KAPPA)
-    linear = _mix(t * white, rgb_from_xyz).clamp_min(0.0)
-    rgb = torch.where(
-        linear > 0.0031308, 1.055 * linear.clamp_min(0.0031308) ** (1.0 / 2.4) - 0.055, 12.92 * linear
-    )
-    return rgb.clamp(0.0, 1.0)
 
 
 def _grid_values(grid_size: int) -> Tensor:
     """Bin centres along one axis: the multiples of ``grid_size`` in ``[-110, 110]``."""
     if not 5 <= grid_size <= 55:
-        raise ConfigError(
-            f"--model.grid_size={grid_size} must be in 5..55 (ab units; the paper uses 10): "
+        raise ValueError(
+            f"grid_size={grid_size} must be in 5..55 (ab units; the paper uses 10): "
             "smaller grids give thousands of bins, larger ones too few colours"
         )
     half = int(AB_RANGE // grid_size)
@@ -195,9 +121,9 @@ def soft_encode(ab: Tensor, centers: Tensor, k: int = 5, sigma: float = 5.0, chu
     """
     flat = _flat_ab(ab, centers, "soft_encode")
     if not 1 <= k <= centers.shape[0]:
-        raise ConfigError(f"--model.soft_k={k} must be in 1..{centers.shape[0]} (the number of bins)")
+        raise ValueError(f"k={k} must be in 1..{centers.shape[0]} (the number of bins)")
     if sigma <= 0:
-        raise ConfigError(f"--model.soft_sigma={sigma} must be > 0 (ab units; the paper uses 5)")
+        raise ValueError(f"sigma={sigma} must be > 0 (ab units; the paper uses 5)")
     out = flat.new_zeros(flat.shape[0], centers.shape[0])  # (B·H·W, Q)
     for start in range(0, flat.shape[0], chunk):
         dist, idx = _pairwise_sq_dist(flat[start : start + chunk], centers).topk(k, dim=1, largest=False)
@@ -236,7 +162,7 @@ def rebalance_weights(prior: Tensor, lam: float = 0.5) -> Tensor:
     if prior.ndim != 1 or prior.numel() == 0:
         raise ValueError(f"prior must be a non-empty (Q,) tensor, got shape {tuple(prior.shape)}")
     if not 0.0 <= lam <= 1.0:
-        raise ConfigError(f"--model.rebalance_lambda={lam} must be in [0, 1] (the paper uses 0.5)")
+        raise ValueError(f"lam={lam} must be in [0, 1] (the paper uses 0.5)")
     if (prior < 0).any() or prior.sum() <= 0:
         raise ValueError("prior must be non-negative with a positive sum")
     p = prior / prior.sum()
@@ -255,7 +181,7 @@ def annealed_mean(logits: Tensor, centers: Tensor, temperature: float = 0.38) ->
             f"annealed_mean needs (B, Q, H, W) logits with Q = {centers.shape[0]}, got {tuple(logits.shape)}"
         )
     if temperature <= 0:
-        raise ConfigError(f"--model.temperature={temperature} must be > 0 (the paper uses 0.38)")
+        raise ValueError(f"temperature={temperature} must be > 0 (the paper uses 0.38)")
     with torch.autocast(logits.device.type, enabled=False):  # full precision under mixed precision
         probs = F.softmax(logits.float() / temperature, dim=1)  # (B, Q, H, W)
         return torch.einsum("bqhw,qc->bchw", probs, centers.float())

@@ -7,8 +7,6 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from visiontransfer.errors import ConfigError
-
 ALLOWED_ROTATIONS = (0, 90, 180, 270)
 
 
@@ -16,8 +14,8 @@ def check_rotations(rotations: Sequence[int]) -> tuple[int, ...]:
     """Validate a rotation set: distinct multiples of 90 in [0, 360), at least two."""
     values = tuple(int(r) for r in rotations)
     if len(values) < 2 or len(set(values)) != len(values) or any(r not in ALLOWED_ROTATIONS for r in values):
-        raise ConfigError(
-            f"--model.rotations={list(values)}: give at least two distinct angles from "
+        raise ValueError(
+            f"rotations={list(values)}: give at least two distinct angles from "
             f"{list(ALLOWED_ROTATIONS)} (degrees, counter-clockwise)"
         )
     return values
@@ -50,12 +48,9 @@ def rotate_batch(images: Tensor, rotations: Sequence[int] = ALLOWED_ROTATIONS) -
 def patch_grid_size(image_size: int, patch_size: int, stride: int) -> int:
     """Patches per side when cutting ``image_size`` pixels into ``patch_size`` patches every ``stride``."""
     if patch_size < 1 or stride < 1:
-        raise ConfigError(f"--model.patch_size={patch_size} and --model.patch_stride={stride} must be >= 1")
+        raise ValueError(f"patch_size={patch_size} and stride={stride} must be >= 1")
     if patch_size > image_size:
-        raise ConfigError(
-            f"--model.patch_size={patch_size} is larger than the {image_size}-px images; "
-            "lower it or raise --data.image_size"
-        )
+        raise ValueError(f"patch_size={patch_size} is larger than image_size={image_size}")
     return (image_size - patch_size) // stride + 1
 
 

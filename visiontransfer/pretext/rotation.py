@@ -7,6 +7,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor
 
+from visiontransfer.errors import flag_error
 from visiontransfer.heads import MLPHead
 from visiontransfer.pretext.base import PretextModule
 from visiontransfer.pretext.ops import check_rotations, rotate_batch
@@ -35,7 +36,10 @@ class RotationPrediction(PretextModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.rotations = check_rotations(rotations)
+        try:
+            self.rotations = check_rotations(rotations)
+        except ValueError as error:
+            raise flag_error("model", error) from None
         self.head = MLPHead(self.num_features, len(self.rotations), head_hidden_dim)
 
     def forward(self, images: Tensor) -> Tensor:

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from visiontransfer.errors import ConfigError
+from visiontransfer.errors import require
 from visiontransfer.heads import MLPHead
 from visiontransfer.losses import nt_xent
 from visiontransfer.pretext.augment import simclr_view
@@ -45,10 +45,8 @@ class SimCLR(PretextModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if temperature <= 0:
-            raise ConfigError(f"--model.temperature={temperature} must be > 0")
-        if not 0 < crop_scale_min <= 1:
-            raise ConfigError(f"--model.crop_scale_min={crop_scale_min} must be in (0, 1]")
+        require(temperature > 0, "model", "temperature", temperature, "must be > 0")
+        require(0 < crop_scale_min <= 1, "model", "crop_scale_min", crop_scale_min, "must be in (0, 1]")
         self.projection = MLPHead(self.num_features, projection_dim, projection_hidden_dim)
         self.temperature = temperature
         self.crop_scale = (crop_scale_min, 1.0)

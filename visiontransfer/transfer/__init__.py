@@ -1,6 +1,7 @@
 """Transfer a backbone to downstream tasks: classification and object detection."""
 
-from visiontransfer.transfer.classification import ImageClassifier, PredictionWriter
-from visiontransfer.transfer.detection import DetectionWriter, ObjectDetector
+from visiontransfer.transfer.base import TransferModule
+from visiontransfer.transfer.classification import ImageClassifier
+from visiontransfer.transfer.detection import ObjectDetector
 
-__all__ = ["DetectionWriter", "ImageClassifier", "ObjectDetector", "PredictionWriter"]
+__all__ = ["ImageClassifier", "ObjectDetector", "TransferModule"]

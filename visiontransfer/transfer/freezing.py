@@ -23,8 +23,6 @@ from typing import Literal
 from timm.models import group_parameters
 from torch import nn
 
-from visiontransfer.errors import ConfigError
-
 BatchNormMode = Literal["train", "eval", "frozen"]
 """``train``: BatchNorm normalises with batch statistics and updates its running statistics;
 ``eval``: it uses (and keeps) its running statistics, affine weights still train;
@@ -91,5 +89,5 @@ def layer_decay_scales(num_stages: int, decay: float) -> list[float]:
     """LR multiplier of each stage for layer-wise decay: ``decay ** (num_stages - i)``; the head
     (after the last stage) keeps 1. ``decay=1`` turns it off."""
     if not 0 < decay <= 1:
-        raise ConfigError(f"--model.layer_decay={decay} must be in (0, 1]; 1 turns it off")
+        raise ValueError(f"decay={decay} must be in (0, 1]; 1 turns it off")
     return [decay ** (num_stages - i) for i in range(num_stages)]

@@ -7,20 +7,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from visiontransfer.commands.lightning_cli import config_dir, fit_then_test
+
 PRETRAIN = "pretrain/rotation_quickstart.yaml"
 TRANSFER = "transfer/quickstart_finetune.yaml"
 
 
 def _fit(config: Path, overrides: list[str]) -> tuple[str, dict[str, float]]:
     """Run ``visiontransfer fit`` (then test) and return the checkpoint and the final metrics."""
-    from visiontransfer.cli import VisionTransferCLI
-
     print(f"\n$ visiontransfer fit --config {config} {' '.join(overrides)}", flush=True)
-    cli = VisionTransferCLI(args=["--config", str(config), *overrides], run=False)
-    cli.trainer.fit(cli.model, cli.datamodule)
+    cli, tested = fit_then_test(["--config", str(config), *overrides], validate_without_test=False)
     metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items() if v.numel() == 1}
-    if "test" in getattr(cli.datamodule, "datasets", {}):
-        metrics.update(cli.trainer.test(cli.model, cli.datamodule, verbose=False)[0])
+    metrics.update(tested)
     callback = cli.trainer.checkpoint_callback
     ckpt = getattr(callback, "last_model_path", "") or getattr(callback, "best_model_path", "")
     return ckpt, metrics
@@ -28,8 +26,6 @@ def _fit(config: Path, overrides: list[str]) -> tuple[str, dict[str, float]]:
 
 def main(argv: list[str]) -> dict[str, float]:
     """Entry point; returns the test top-1 of the pretrained and the scratch model."""
-    from visiontransfer.cli import config_dir
-
     parser = argparse.ArgumentParser(prog="visiontransfer quickstart", description=__doc__)
     parser.add_argument("--backbone", default=None, help="timm model name (default: the configs' resnet10t)")
     parser.add_argument("--pretrain-epochs", type=int, default=None, help="default: the pretext config's")

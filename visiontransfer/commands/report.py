@@ -1,24 +1,26 @@
 """``visiontransfer report``: how much pretraining buys at each label budget (label efficiency).
 
-Every (backbone, recipe, label fraction, seed) cell trains an
-:class:`~visiontransfer.transfer.ImageClassifier` with a real ``lightning.Trainer`` on a stratified,
-seeded subset of the training labels of a class-folder tree (``ROOT/train/<class>/<image>``,
-``ROOT/test/<class>/<image>``; 10% of the training images are held out first, as
-:class:`~visiontransfer.data.ClassificationDataModule` does) and tests it on ``ROOT/test``. The
-random-init ("scratch") baseline of the same architecture and stem as each pretrained backbone is
-always added. The run writes, under ``--out``:
+Every (backbone, recipe, label fraction, seed) cell is one ordinary ``visiontransfer fit`` run of a
+recipe config of ``configs/transfer/`` (``linear_probe.yaml``, ``finetune.yaml``, or any YAML
+file given to ``--recipes``), on a stratified, seeded subset of the training labels of a
+class-folder tree (``ROOT/train/<class>/<image>``, ``ROOT/test/<class>/<image>``; the recipe's
+``val_fraction`` of the training images is held out first), then tested on ``ROOT/test``. So any
+cell is reproduced by the command ``report.md`` prints for it. The random-init ("scratch")
+baseline of the same architecture and stem as each pretrained backbone is always added. The run
+writes, under ``--out``:
 
-- ``cells.jsonl``: one JSON line per finished cell, keyed by everything that changes its result.
-  A rerun skips the cells it finds there and only redraws the report, so an interrupted run
-  resumes where it stopped;
-- ``report.md``: mean ± std of test top-1 over seeds per backbone, recipe and fraction, the number
-  of labeled images of each fraction, and the settings;
-- ``report.png``: top-1 against the number of labeled images (log scale), one line per
+- ``cells.jsonl``: one JSON line per finished cell, keyed by everything that changes its result
+  (the weights, the recipe file's content, the fraction, the seed and the settings). A rerun
+  skips the cells it finds there and only redraws the report, so an interrupted run resumes
+  where it stopped;
+- ``report.md``: mean ± std of the test metric over seeds per backbone, recipe and fraction, the
+  number of labeled images of each fraction, the settings and each cell's command;
+- ``report.png``: the metric against the number of labeled images (log scale), one line per
   backbone × recipe, error bars one standard deviation over seeds.
 
-From Python: :func:`run_report` does all of it; :func:`resolve_backbones`, :func:`run_cell`,
-:func:`run_grid`, :func:`summarize`, :func:`format_table`, :func:`plot_label_efficiency` and
-:func:`write_report` are the pieces.
+From Python: :func:`run_report` does all of it; :func:`resolve_backbones`, :func:`cell_args`,
+:func:`run_cell`, :func:`run_grid`, :func:`summarize`, :func:`format_table`,
+:func:`plot_label_efficiency` and :func:`write_report` are the pieces.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import json
 import logging
 import math
 import os
-import statistics
+import shlex
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -39,20 +41,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
+from visiontransfer.backbones import BackboneSpec
 from visiontransfer.checkpoint_io import atomic_write
-from visiontransfer.data.transforms import Augment
+from visiontransfer.commands.lightning_cli import config_dir, fit_then_test
 from visiontransfer.errors import ConfigError, MissingPathError
+from visiontransfer.stats import mean_std
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-RECIPES: dict[str, dict[str, Any]] = {
-    "linear_probe": {"strategy": "linear_probe", "lr": 1e-2, "weight_decay": 0.0, "warmup_epochs": 0},
-    "finetune": {"strategy": "finetune", "lr": 1e-3, "weight_decay": 0.05, "warmup_epochs": 1},
-}
-"""Transfer recipes: :class:`~visiontransfer.transfer.ImageClassifier` arguments."""
+RECIPES = ("linear_probe", "finetune")
+"""Built-in recipes: the configs ``configs/transfer/<name>.yaml``."""
+
+RUN_ONLY = (
+    "--trainer.logger=false", "--trainer.enable_checkpointing=false", "--trainer.callbacks=[]",
+    "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+    "--trainer.limit_val_batches=0", "--trainer.devices=1",
+)  # fmt: skip
+"""What the report adds to a cell's command to run it quietly in this process, none of which
+changes its result: no logger, checkpoints, prediction files, progress bar or validation, and
+one device (DDP would relaunch the calling script for every cell)."""
 
 CELLS = "cells.jsonl"
 REPORT_MD = "report.md"
@@ -63,6 +71,7 @@ SCRATCH = "scratch"
 @dataclass(frozen=True)
 class Settings:
     """What a cell's result depends on besides backbone, recipe, fraction and seed (and workers).
+    Fields left None take the recipe's value.
 
     Attributes:
         data: Labeled set: a folder with ``train/`` and ``test/`` class-folder trees; None: the
@@ -75,18 +84,20 @@ class Settings:
         augment: Training augmentation preset of the datamodule.
         val_fraction: Share of the training images held out before the labels are drawn.
         synthetic_size: Training images of the embedded set (when ``data`` is None).
+        metric: The test metric reported (``test/top1``; ``test/miou`` for segmentation recipes).
         workers: DataLoader workers (does not change results, so not part of a cell's key).
     """
 
     data: str | None = None
-    image_size: int = 32
-    batch_size: int = 128
+    image_size: int | None = None
+    batch_size: int | None = None
     base_epochs: int = 30
     test_images: int | None = None
-    precision: str = "32-true"
-    augment: Augment = "crop_flip"
-    val_fraction: float = 0.1
+    precision: str | None = None
+    augment: str | None = None
+    val_fraction: float | None = None
     synthetic_size: int = 2048
+    metric: str = "test/top1"
     workers: int = 2
 
     def key(self) -> dict[str, Any]:
@@ -99,6 +110,20 @@ class Settings:
             values["data"] = os.path.abspath(self.data)
         return values
 
+    def overrides(self) -> list[str]:
+        """The ``visiontransfer fit`` flags of the fields that are set."""
+        flags = {
+            "--data.image_size": self.image_size, "--data.batch_size": self.batch_size,
+            "--data.test_images": self.test_images, "--trainer.precision": self.precision,
+            "--data.augment": self.augment, "--data.val_fraction": self.val_fraction,
+        }  # fmt: skip
+        out = [
+            f"--data.root={self.data}"
+            if self.data is not None
+            else f"--data.synthetic_size={self.synthetic_size}"
+        ]
+        return out + [f"{flag}={value}" for flag, value in flags.items() if value is not None]
+
 
 @dataclass(frozen=True)
 class Backbone:
@@ -106,9 +131,10 @@ class Backbone:
 
     Attributes:
         name: Display name in the report.
-        source: What :class:`~visiontransfer.transfer.ImageClassifier` gets as ``backbone``: the
-            file, or the timm architecture for the scratch baseline.
-        spec: Architecture, ``in_chans``, ``small_input_stem`` and ``backbone_kwargs``.
+        source: What the recipe gets as ``--model.backbone``: the file, or the timm architecture
+            for the scratch baseline.
+        spec: Architecture, input channels, stem and timm arguments (and, for a file, how it was
+            trained).
         fingerprint: Identifies the weights in cell keys: a hash of the weight file's content,
             or ``scratch:`` and the spec.
         pretrained: False for the scratch baseline.
@@ -116,34 +142,51 @@ class Backbone:
 
     name: str
     source: str
-    spec: dict[str, Any] = field(compare=False)
+    spec: BackboneSpec = field(compare=False)
     fingerprint: str
     pretrained: bool = True
 
-    def init_args(self) -> dict[str, Any]:
-        """Backbone arguments of the classifier: none for a file (it describes itself), else the spec."""
+    def model_args(self) -> list[str]:
+        """The ``--model.*`` flags: the file alone (it describes itself), or the architecture."""
+        args = [f"--model.backbone={self.source}"]
         if self.pretrained:
-            return {}
-        return {
-            "small_input_stem": bool(self.spec.get("small_input_stem", False)),
-            "in_chans": int(self.spec.get("in_chans", 3)),
-            "backbone_kwargs": self.spec.get("backbone_kwargs") or None,
-        }
+            return args
+        spec = self.spec
+        args += [
+            f"--model.small_input_stem={str(spec.small_input_stem).lower()}",
+            f"--model.in_chans={spec.in_chans}",
+        ]
+        if spec.backbone_kwargs:
+            args.append(f"--model.backbone_kwargs={json.dumps(dict(spec.backbone_kwargs), sort_keys=True)}")
+        return args
 
 
 @dataclass(frozen=True)
 class Cell:
-    """One finished (backbone, recipe, fraction, seed) run; a line of ``cells.jsonl``."""
+    """One finished (backbone, recipe, fraction, seed) run; a line of ``cells.jsonl``.
+
+    ``score`` is the test metric of the settings (``metric``); cells written by release 0.1 call
+    it ``top1``.
+    """
 
     backbone: str
     recipe: str
     fraction: float
     seed: int
     labels: int
-    top1: float
+    score: float
     epochs: int
     seconds: float
     key: dict[str, Any] = field(compare=False)
+    metric: str = "test/top1"
+    command: str = ""
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Cell:
+        """A ``cells.jsonl`` record (of this release or of 0.1)."""
+        if "top1" in data and "score" not in data:
+            data = {**data, "score": data.pop("top1")}
+        return cls(**data)
 
 
 @dataclass(frozen=True)
@@ -172,21 +215,6 @@ def fingerprint(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()[:16]
 
 
-def _method_of(path: str) -> str | None:
-    """The pretext method recorded in a checkpoint or export folder, if any."""
-    try:
-        if os.path.isdir(path):
-            config = json.loads(Path(path, "config.json").read_text())
-            return config.get("visiontransfer", {}).get("method")
-        if path.endswith(".ckpt"):
-            from visiontransfer.export import backbone_spec, read_checkpoint
-
-            return backbone_spec(read_checkpoint(path)).get("method")
-    except (OSError, ValueError, KeyError):
-        return None
-    return None
-
-
 def _split_name(entry: str) -> tuple[str | None, str]:
     """``NAME=PATH`` → (NAME, PATH); a path that exists (Lightning names hold ``=``) has no name."""
     name, sep, path = entry.partition("=")
@@ -195,29 +223,29 @@ def _split_name(entry: str) -> tuple[str | None, str]:
     return name, path
 
 
-def _scratch_name(spec: dict[str, Any], specs: int) -> str:
+def _scratch_name(spec: BackboneSpec, specs: int) -> str:
     """``scratch``, with the architecture spelled out when several architectures are compared."""
     if specs == 1:
         return SCRATCH
-    extras = [spec["architecture"]]
-    if spec.get("small_input_stem"):
+    extras = [spec.architecture]
+    if spec.small_input_stem:
         extras.append("small stem")
-    if int(spec.get("in_chans", 3)) != 3:
-        extras.append(f"{spec.get('in_chans')} channel")
-    extras += [f"{k}={v}" for k, v in sorted((spec.get("backbone_kwargs") or {}).items())]
+    if spec.in_chans != 3:
+        extras.append(f"{spec.in_chans} channel")
+    extras += [f"{k}={v}" for k, v in sorted(spec.backbone_kwargs.items())]
     return f"{SCRATCH} ({', '.join(extras)})"
 
 
-def _load_spec(path: str) -> dict[str, Any]:
+def _load_spec(path: str) -> BackboneSpec:
     """The spec of a backbone file, checked to load; errors name ``--backbones``."""
-    from visiontransfer.export import load_backbone_with_spec
+    from visiontransfer.backbones.weights import load_backbone_file
 
     if not os.path.exists(path):
         raise MissingPathError(
             f"--backbones: {path!r} does not exist (give pretext .ckpt files or export folders)"
         )
     try:
-        return load_backbone_with_spec(path)[1]
+        return load_backbone_file(path)[1]
     except Exception as error:  # unreadable, unsafe, foreign or mismatched files alike
         raise ConfigError(f"--backbones: {path!r} is not a visiontransfer backbone: {error}") from None
 
@@ -238,17 +266,16 @@ def resolve_backbones(entries: Sequence[str], scratch: bool = True) -> list[Back
     for entry in entries:
         name, path = _split_name(entry)
         spec = _load_spec(path)
-        default = _method_of(path) or Path(path).stem
-        found.append(Backbone(name or default, path, spec, fingerprint(path)))
+        found.append(Backbone(name or spec.method or Path(path).stem, path, spec, fingerprint(path)))
     names = [b.name for b in found]
     found = [b if names.count(b.name) == 1 else dataclasses.replace(b, name=b.source) for b in found]
     if not scratch:
         return found
-    specs = {json.dumps(b.spec, sort_keys=True): b.spec for b in found}
-    for text, spec in specs.items():
-        found.append(
-            Backbone(_scratch_name(spec, len(specs)), spec["architecture"], spec, f"scratch:{text}", False)
-        )
+    architectures = {json.dumps(b.spec.architecture_only().to_dict(), sort_keys=True): b.spec for b in found}
+    for text, spec in architectures.items():
+        baseline = spec.architecture_only()
+        name = _scratch_name(baseline, len(architectures))
+        found.append(Backbone(name, baseline.architecture, baseline, f"scratch:{text}", False))
     return found
 
 
@@ -258,14 +285,34 @@ def epochs_for(fraction: float, base: int) -> int:
     return max(2, round(base / (fraction * 100) ** 0.5))
 
 
+def recipe_file(recipe: str) -> Path:
+    """The config of a recipe: a built-in name (``configs/transfer/<name>.yaml``) or a YAML path.
+
+    Raises:
+        ConfigError: neither, naming ``--recipes``.
+    """
+    path = (
+        Path(recipe) if recipe.endswith((".yaml", ".yml")) else config_dir() / "transfer" / f"{recipe}.yaml"
+    )
+    if not path.is_file():
+        raise ConfigError(
+            f"--recipes: {recipe!r} is neither a built-in recipe ({', '.join(RECIPES)}) nor a YAML file"
+        )
+    return path
+
+
+def _file_hash(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
 def cell_key(
     backbone: Backbone, recipe: str, fraction: float, seed: int, settings: Settings
 ) -> dict[str, Any]:
-    """Everything a cell's result depends on: weights, recipe and its arguments, fraction, seed, settings."""
+    """Everything a cell's result depends on: weights, the recipe file, fraction, seed, settings."""
     return {
         "backbone": backbone.fingerprint,
         "recipe": recipe,
-        "recipe_args": RECIPES[recipe],
+        "recipe_config": _file_hash(recipe_file(recipe)),
         "fraction": fraction,
         "seed": seed,
         "settings": settings.key(),
@@ -274,6 +321,17 @@ def cell_key(
 
 def _key_text(key: dict[str, Any]) -> str:
     return json.dumps(key, sort_keys=True)
+
+
+def cell_args(backbone: Backbone, recipe: str, fraction: float, seed: int, settings: Settings) -> list[str]:
+    """The ``visiontransfer fit`` arguments of a cell: the recipe, the backbone, the labels, the
+    seed and the settings. ``visiontransfer test`` with the same arguments and ``--ckpt_path``
+    of the run's ``last.ckpt`` gives the cell's score."""
+    return [
+        "--config", str(recipe_file(recipe)), *backbone.model_args(), *settings.overrides(),
+        f"--data.label_fraction={fraction}", f"--seed_everything={seed}", f"--data.seed={seed}",
+        f"--trainer.max_epochs={epochs_for(fraction, settings.base_epochs)}",
+    ]  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -298,65 +356,27 @@ def _quiet() -> Iterator[None]:
                 log.setLevel(level)
 
 
-def limit_test_set(data: Any, images: int | None) -> None:
-    """Replace the datamodule's test set by a stratified subset of about ``images`` images.
-
-    The test set lists its files class by class, so its first images would be one or two classes.
-    """
-    from torch.utils.data import Subset
-
-    from visiontransfer.data.subsets import stratified_subset
-
-    test = data.datasets.get("test")
-    if images is None or test is None or images >= len(test):
-        return
-    per_class = max(1, images // data.num_classes)
-    keep = stratified_subset(np.asarray(test.labels), samples_per_class=per_class, seed=0)
-    data.datasets["test"] = Subset(test, keep.tolist())
-
-
-def _datamodule(fraction: float, seed: int, settings: Settings) -> Any:
-    """The labeled data of a cell, set up, its test set limited to ``settings.test_images``."""
-    from visiontransfer.data import ClassificationDataModule
-
-    data = ClassificationDataModule(
-        root=settings.data, label_fraction=fraction, val_fraction=settings.val_fraction,
-        image_size=settings.image_size, batch_size=settings.batch_size, augment=settings.augment,
-        num_workers=settings.workers, seed=seed, synthetic_size=settings.synthetic_size,
-    )  # fmt: skip
-    data.setup("fit")
-    if "test" not in data.datasets:
-        raise MissingPathError(f"--data={settings.data!r} has no test/ folder of class folders to test on")
-    limit_test_set(data, settings.test_images)
-    return data
-
-
 def run_cell(backbone: Backbone, recipe: str, fraction: float, seed: int, settings: Settings) -> Cell:
-    """Train and test one cell: ``seed`` seeds the weights, the augmentation and the label subset.
+    """Train and test one cell with its recipe, in this process: ``seed`` seeds the weights, the
+    augmentation and the label subset.
 
     Returns:
-        The cell, with test top-1, the number of labeled training images and the wall time.
+        The cell, with the test metric, the number of labeled training images and the wall time.
     """
-    import lightning as L
-
-    from visiontransfer.transfer import ImageClassifier
-
+    args = cell_args(backbone, recipe, fraction, seed, settings)
     start = time.perf_counter()
     with _quiet():
-        L.seed_everything(seed, verbose=False)
-        model = ImageClassifier(backbone=backbone.source, **backbone.init_args(), **RECIPES[recipe])
-        data = _datamodule(fraction, seed, settings)
-        epochs = epochs_for(fraction, settings.base_epochs)
-        precision: Any = settings.precision  # checked by Lightning
-        trainer = L.Trainer(  # one device: DDP would relaunch the calling script for every cell
-            max_epochs=epochs, precision=precision, devices=1, logger=False, enable_checkpointing=False,
-            enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-        )  # fmt: skip
-        trainer.fit(model, data)
-        top1 = float(trainer.test(model, data, verbose=False)[0]["test/top1"])
+        cli, metrics = fit_then_test([*args, *RUN_ONLY, f"--data.num_workers={settings.workers}"])
+    if settings.metric not in metrics:
+        raise ConfigError(
+            f"--recipes {recipe}: its test gives {sorted(metrics)}, not {settings.metric!r}; "
+            "choose the metric with --metric"
+        )
     return Cell(
-        backbone.name, recipe, fraction, seed, len(data.datasets["train"]), top1, epochs,
-        time.perf_counter() - start, cell_key(backbone, recipe, fraction, seed, settings),
+        backbone.name, recipe, fraction, seed, len(cli.datamodule.datasets["train"]),
+        metrics[settings.metric], epochs_for(fraction, settings.base_epochs), time.perf_counter() - start,
+        cell_key(backbone, recipe, fraction, seed, settings), settings.metric,
+        "visiontransfer fit " + shlex.join(args),
     )  # fmt: skip
 
 
@@ -375,7 +395,7 @@ def load_cells(path: str | os.PathLike[str]) -> list[Cell]:
         if not line.strip():
             continue
         try:
-            cells.append(Cell(**json.loads(line)))
+            cells.append(Cell.from_json(json.loads(line)))
         except (ValueError, TypeError):
             if number < len(lines):  # the last piece has no newline: an interrupted write
                 warnings.warn(f"{file}:{number}: not a cell record, skipped", stacklevel=2)
@@ -420,9 +440,8 @@ def run_grid(
     Returns:
         The cells in grid order, named after the current ``backbones``.
     """
-    unknown = sorted(set(recipes) - set(RECIPES))
-    if unknown:
-        raise ConfigError(f"--recipes: unknown {unknown}; choose from {list(RECIPES)}")
+    for recipe in recipes:
+        recipe_file(recipe)  # fails naming --recipes
     Path(out).mkdir(parents=True, exist_ok=True)
     path = Path(out) / CELLS
     done = {_key_text(c.key): c for c in load_cells(path)}
@@ -444,7 +463,7 @@ def run_grid(
 
 # -- summary, table, figure ------------------------------------------------------------------------
 def summarize(cells: Sequence[Cell]) -> list[SummaryRow]:
-    """Mean and sample standard deviation of test top-1 over seeds, per backbone, recipe and fraction.
+    """Mean and sample standard deviation of the score over seeds, per backbone, recipe and fraction.
 
     Rows keep the order in which their backbone, recipe and fraction first appear in ``cells``.
     """
@@ -453,12 +472,9 @@ def summarize(cells: Sequence[Cell]) -> list[SummaryRow]:
         groups.setdefault((cell.backbone, cell.recipe, cell.fraction), []).append(cell)
     rows = []
     for (backbone, recipe, fraction), group in groups.items():
-        values = [c.top1 for c in group]
-        std = statistics.stdev(values) if len(values) > 1 else 0.0
-        labels = round(statistics.fmean(c.labels for c in group))
-        rows.append(
-            SummaryRow(backbone, recipe, fraction, labels, statistics.fmean(values), std, len(values))
-        )
+        summary = mean_std([c.score for c in group])
+        labels = round(sum(c.labels for c in group) / len(group))
+        rows.append(SummaryRow(backbone, recipe, fraction, labels, summary.mean, summary.std, summary.n))
     return rows
 
 
@@ -488,8 +504,10 @@ def format_table(rows: Sequence[SummaryRow]) -> str:
     return "\n".join(lines)
 
 
-def plot_label_efficiency(rows: Sequence[SummaryRow], title: str = "Label efficiency") -> Figure:
-    """Test top-1 against the number of labeled images (log x), one line per backbone × recipe,
+def plot_label_efficiency(
+    rows: Sequence[SummaryRow], title: str = "Label efficiency", metric: str = "test/top1"
+) -> Figure:
+    """The test metric against the number of labeled images (log x), one line per backbone × recipe,
     error bars one standard deviation over seeds. Colour: backbone; line style: recipe.
 
     Returns:
@@ -518,7 +536,7 @@ def plot_label_efficiency(rows: Sequence[SummaryRow], title: str = "Label effici
     ax.set_xticks(sorted(ticks), [f"{n}\n({percent(ticks[n])})" for n in sorted(ticks)])
     ax.set_xticks([], minor=True)
     ax.set_xlabel("labeled training images")
-    ax.set_ylabel("test top-1")
+    ax.set_ylabel(metric)
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
@@ -533,26 +551,42 @@ def _settings_lines(
     fractions = sorted({r.fraction for r in rows})
     labels = {r.fraction: r.labels for r in rows}
     seeds = sorted({r.seeds for r in rows})
+    chosen = {"image size": settings.image_size, "batch size": settings.batch_size,
+              "augmentation": settings.augment, "precision": settings.precision,
+              "validation hold-out": settings.val_fraction}  # fmt: skip
     lines = [
         f"- data: `{settings.data}`"
         if settings.data is not None
         else f"- data: the embedded procedural set ({settings.synthetic_size} training images)",
         "- labeled training images: " + ", ".join(f"{percent(f)}: {labels[f]}" for f in fractions),
         f"- seeds per cell: {', '.join(map(str, seeds))}",
-        f"- image size {settings.image_size}, batch size {settings.batch_size}, augmentation "
-        f"`{settings.augment}`, precision `{settings.precision}`, "
-        f"validation hold-out {settings.val_fraction:g}",
+        "- " + ", ".join(f"{k} {'the recipe’s' if v is None else v}" for k, v in chosen.items()),
         f"- epochs: {settings.base_epochs} at 1% of the labels, fewer for more: "
         + ", ".join(f"{percent(f)}: {epochs_for(f, settings.base_epochs)}" for f in fractions),
         "- test images: "
         + ("all" if settings.test_images is None else f"~{settings.test_images} (stratified)"),
     ]
     for recipe in dict.fromkeys(r.recipe for r in rows):
-        args = ", ".join(f"{k}={v}" for k, v in RECIPES[recipe].items())
-        lines.append(f"- recipe `{recipe}`: {args}")
+        lines.append(f"- recipe `{recipe}`: `{recipe_file(recipe)}`")
     for backbone in backbones:
         where = backbone.source if backbone.pretrained else "random init"
-        lines.append(f"- backbone `{backbone.name}`: {where} ({json.dumps(backbone.spec, sort_keys=True)})")
+        spec = json.dumps(backbone.spec.architecture_only().to_dict(), sort_keys=True)
+        lines.append(f"- backbone `{backbone.name}`: {where} ({spec})")
+    return lines
+
+
+def _commands_lines(cells: Sequence[Cell]) -> list[str]:
+    """How to reproduce each cell: its ``visiontransfer fit`` command (then ``test`` on the run's
+    ``last.ckpt``)."""
+    lines = [
+        "Each cell is this `visiontransfer fit` run, then `visiontransfer test` with the same "
+        "arguments and `--ckpt_path` the run's `checkpoints/last.ckpt`:",
+        "",
+    ]
+    for cell in cells:
+        if cell.command:
+            lines.append(f"- {cell.backbone} / {cell.recipe} @ {percent(cell.fraction)} seed {cell.seed}: "
+                         f"`{cell.command}`")  # fmt: skip
     return lines
 
 
@@ -561,23 +595,24 @@ def write_report(
     out: str | os.PathLike[str],
     settings: Settings,
     backbones: Sequence[Backbone] = (),
+    cells: Sequence[Cell] = (),
 ) -> Path:
-    """Write ``report.md`` (table and settings) and ``report.png`` (:func:`plot_label_efficiency`)
-    under ``out``, each atomically.
+    """Write ``report.md`` (table, settings, each cell's command) and ``report.png``
+    (:func:`plot_label_efficiency`) under ``out``, each atomically.
 
     Returns:
         The path of ``report.md``.
     """
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    fig = plot_label_efficiency(rows)
+    fig = plot_label_efficiency(rows, metric=settings.metric)
     atomic_write(folder / REPORT_PNG, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     text = "\n".join(
         [
             "# Label efficiency",
             "",
-            "Test top-1, mean ± standard deviation over seeds, after transfer from each backbone "
-            "(`cells.jsonl` holds every run).",
+            f"`{settings.metric}`, mean ± standard deviation over seeds, after transfer from each "
+            "backbone (`cells.jsonl` holds every run).",
             "",
             format_table(rows),
             "",
@@ -586,6 +621,10 @@ def write_report(
             "## Settings",
             "",
             *_settings_lines(settings, backbones, rows),
+            "",
+            "## Commands",
+            "",
+            *_commands_lines(cells),
             "",
         ]
     )
@@ -597,7 +636,7 @@ def run_report(
     backbones: Sequence[str],
     out: str | os.PathLike[str],
     settings: Settings,
-    recipes: Sequence[str] = tuple(RECIPES),
+    recipes: Sequence[str] = RECIPES,
     fractions: Sequence[float] = (0.01, 0.1, 1.0),
     seeds: Sequence[int] = (0, 1, 2),
     progress: Callable[[Cell, bool], None] | None = None,
@@ -610,7 +649,7 @@ def run_report(
     resolved = resolve_backbones(backbones)
     cells = run_grid(resolved, recipes, fractions, seeds, settings, out, progress)
     rows = summarize(cells)
-    write_report(rows, out, settings, resolved)
+    write_report(rows, out, settings, resolved, cells)
     return rows
 
 
@@ -639,18 +678,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", required=True, help="folder with train/ and test/ class-folder trees")
     parser.add_argument("--backbones", nargs="+", required=True, metavar="[NAME=]PATH",
                         help="pretext .ckpt files or export folders")  # fmt: skip
-    parser.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=list(RECIPES))
+    parser.add_argument(
+        "--recipes",
+        nargs="+",
+        default=list(RECIPES),
+        metavar="RECIPE",
+        help=f"built-in ({', '.join(RECIPES)}) or recipe YAML files (default: both built-ins)",
+    )
     parser.add_argument("--fractions", nargs="+", type=_fraction, default=[0.01, 0.1, 1.0])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--image-size", type=_positive, default=32)
-    parser.add_argument("--batch-size", type=_positive, default=128)
+    parser.add_argument("--image-size", type=_positive, default=None, help="default: the recipe's")
+    parser.add_argument("--batch-size", type=_positive, default=None, help="default: the recipe's")
     parser.add_argument(
         "--base-epochs", type=_positive, default=30, help="epochs at 1%% labels; fewer for more"
     )
     parser.add_argument(
         "--test-images", type=_positive, default=None, help="stratified test subset (default: all)"
     )
-    parser.add_argument("--precision", default="32-true")
+    parser.add_argument("--precision", default=None, help="default: the recipe's (32-true)")
+    parser.add_argument("--metric", default="test/top1", help="test metric reported (default test/top1)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", default="runs/report", help="output folder (default: runs/report)")
     return parser
@@ -671,7 +717,7 @@ def _check_data(root: str) -> None:
 def _print_progress(cell: Cell, fresh: bool) -> None:
     done = f"{cell.seconds:.0f} s" if fresh else "from cells.jsonl"
     print(f"{cell.backbone} / {cell.recipe} @ {percent(cell.fraction)} seed {cell.seed}: "
-          f"top-1 {cell.top1:.3f} ({done})", flush=True)  # fmt: skip
+          f"{cell.metric} {cell.score:.3f} ({done})", flush=True)  # fmt: skip
 
 
 def main(args: list[str]) -> None:
@@ -685,7 +731,7 @@ def main(args: list[str]) -> None:
     settings = Settings(
         data=options.data, image_size=options.image_size, batch_size=options.batch_size,
         base_epochs=options.base_epochs, test_images=options.test_images, precision=options.precision,
-        workers=options.workers,
+        metric=options.metric, workers=options.workers,
     )  # fmt: skip
     try:
         _check_data(options.data)
@@ -697,6 +743,6 @@ def main(args: list[str]) -> None:
     except ConfigError as error:
         parser.exit(2, f"{parser.prog}: error: {' '.join(str(error).split())}\n")
     rows = summarize(cells)
-    report = write_report(rows, options.out, settings, backbones)
+    report = write_report(rows, options.out, settings, backbones, cells)
     print("\n" + format_table(rows))
     print(f"\nwritten: {report}, {report.with_name(REPORT_PNG)}, {report.with_name(CELLS)}")

@@ -8,31 +8,36 @@ renames modules for some families (``stem.0`` becomes ``stem_0``), so weights wo
 mapping between the classification and dense forms. Here both forms hold the same plain timm
 state dict, so one pretrained checkpoint serves every downstream task.
 
-Small images: a stride-4 stem (7×7/2 conv + max-pool on ResNets, a 4×4/4 patchify conv on
-ConvNeXt) turns a 32-px CIFAR image into 8×8 before the first stage and ruins accuracy; peers'
-users fail to reproduce CIFAR results for this reason. ``small_input_stem=True`` applies the
-standard fix: the first convolution gets stride 1 (a 3×3 kernel where it was larger or a
-patchify kernel) and a max-pool right after the stem is removed.
+:class:`BackboneSpec` says how to rebuild a backbone (architecture, input channels, stem change,
+timm keyword arguments) and where it came from; checkpoints and exports store it, and every
+reader rebuilds through it. Small images: ``small_input_stem=True`` applies
+:func:`~visiontransfer.backbones.stem.adapt_stem_for_small_images`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
-import math
 import numbers
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import timm
 import torch
 from torch import nn
 
+from visiontransfer.backbones.stem import adapt_stem_for_small_images, has_patch_embedding_stem
 from visiontransfer.errors import ConfigError
 
-STEM_POOL_NAMES = ("maxpool", "stem.pool", "stem.maxpool", "features.pool0")
-"""Module names of a pooling layer that ends a timm stem."""
-
-PAD_LAYERS = (nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d)
-"""Explicit padding modules; one named ``pad`` beside a removed stem pool goes too (BiT stems)."""
+__all__ = [
+    "BackboneSpec",
+    "FeatureBackbone",
+    "adapt_stem_for_small_images",
+    "check_model_name",
+    "create_backbone",
+    "normalization",
+]
 
 MODEL_SOURCES = ("hf-hub", "hf_hub", "local-dir")
 """Prefixes of timm model names that name a source instead of a registered architecture."""
@@ -51,91 +56,6 @@ def check_model_name(name: str) -> None:
     raise ConfigError(
         f"--model.backbone={name!r} is not a timm model{hint} (timm.list_models('pattern*') lists the names)"
     )
-
-
-def _replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
-
-
-def _remove_conv_stride(conv: nn.Conv2d) -> None:
-    """Give ``conv`` stride 1 in place; a kernel larger than 3 or a patchify kernel becomes 3×3.
-
-    The module is changed, not replaced, so it keeps its class (timm's weight-standardized and
-    TF-"same" convolutions), its other settings and its state-dict keys (e.g. the ``gain`` of
-    ``ScaledStdConv2d``); only the weight's shape changes where the kernel does (that weight is
-    then freshly initialised).
-    """
-    kernel, stride = conv.kernel_size[0], conv.stride[0]
-    new_kernel = 3 if kernel > 3 or kernel == stride else kernel  # 7×7/2 or 4×4/4 become 3×3/1
-    conv.stride = (1, 1)
-    if new_kernel != kernel:
-        old_fan_in = conv.weight[0].numel()
-        weight = torch.empty(
-            conv.out_channels, conv.in_channels // conv.groups, new_kernel, new_kernel,
-            dtype=conv.weight.dtype, device=conv.weight.device,
-        )  # fmt: skip
-        nn.init.kaiming_uniform_(weight, a=math.sqrt(5))  # nn.Conv2d's default initialisation
-        conv.weight = nn.Parameter(weight, requires_grad=conv.weight.requires_grad)
-        conv.kernel_size = (new_kernel, new_kernel)
-        scale = getattr(conv, "scale", None)
-        if isinstance(scale, float):  # ScaledStdConv2d: gamma / sqrt(fan-in), and fan-in changed
-            setattr(conv, "scale", scale * math.sqrt(old_fan_in / weight[0].numel()))  # noqa: B010
-    # At stride 1 the padding keeps the spatial size. TF-"same" convolutions (Conv2dSame, ...)
-    # have padding 0 and pad in forward() from kernel and stride, which is right as it is.
-    dynamic_same = bool(getattr(conv, "same_pad", type(conv).__name__.endswith("Same")))
-    if isinstance(conv.padding, str):
-        conv.padding = "same"
-    elif not dynamic_same:
-        conv.padding = tuple((new_kernel - 1) // 2 * d for d in conv.dilation)
-        if conv.padding_mode != "zeros":  # nn.Conv2d pads itself from this copy for those modes
-            conv._reversed_padding_repeated_twice = [p for p in reversed(conv.padding) for _ in (0, 1)]
-
-
-def adapt_stem_for_small_images(model: nn.Module) -> int:
-    """Remove the early downsampling of a timm model's stem, in place.
-
-    Returns:
-        The factor by which the stem's total stride was reduced (e.g. 4 for a ResNet).
-
-    Raises:
-        ValueError: the model has a patch-embedding stem (ViT-like) or no strided first conv.
-    """
-    cfg: dict[str, Any] = getattr(model, "pretrained_cfg", {}) or {}
-    first = cfg.get("first_conv")
-    first = first[0] if isinstance(first, (list, tuple)) else first
-    arch = cfg.get("architecture", type(model).__name__)
-    if not first or "patch_embed" in first:
-        raise ConfigError(
-            f"--model.small_input_stem is not supported for {arch!r} (its stem is a patch "
-            "embedding); set the patch and image size through --model.backbone_kwargs instead, "
-            "e.g. {img_size: 32, patch_size: 4}"
-        )
-    conv = model.get_submodule(first)
-    if not isinstance(conv, nn.Conv2d) or conv.stride[0] == 1:
-        raise ValueError(f"{arch!r}: first conv {first!r} has no stride to remove")
-    factor = conv.stride[0]
-    _remove_conv_stride(conv)
-    for pool_name in STEM_POOL_NAMES:
-        try:
-            pool = model.get_submodule(pool_name)
-        except AttributeError:
-            continue
-        if isinstance(pool, (nn.MaxPool2d, nn.AvgPool2d)):
-            stride = pool.stride if isinstance(pool.stride, int) else pool.stride[0]
-            factor *= stride
-            _replace_module(model, pool_name, nn.Identity())
-            parent = pool_name.rpartition(".")[0]
-            pad_name = f"{parent}.pad" if parent else "pad"
-            try:
-                pad = model.get_submodule(pad_name)
-            except AttributeError:
-                pad = None
-            if isinstance(pad, PAD_LAYERS):  # it only served the pool: it would grow the map
-                _replace_module(model, pad_name, nn.Identity())
-        break
-    return factor
 
 
 def create_backbone(
@@ -164,9 +84,88 @@ def create_backbone(
         if reserved in kwargs:
             raise ConfigError(f"--model.backbone_kwargs must not set {reserved!r}; it has its own argument")
     model = timm.create_model(name, pretrained=pretrained, num_classes=0, in_chans=in_chans, **kwargs)
+    if small_input_stem and has_patch_embedding_stem(model):
+        raise ConfigError(
+            f"--model.small_input_stem is not supported for {name!r} (its stem is a patch "
+            "embedding); set the patch and image size through --model.backbone_kwargs instead, "
+            "e.g. {img_size: 32, patch_size: 4}"
+        )
     factor = adapt_stem_for_small_images(model) if small_input_stem else 1
     model.stem_factor = factor  # type: ignore[assignment]
     return model
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """How to rebuild a backbone, and where its weights came from.
+
+    Checkpoints store it as their ``visiontransfer`` block (:meth:`to_dict`), exports in their
+    ``config.json``; :meth:`from_dict` reads both, and the blocks of earlier releases.
+
+    Attributes:
+        architecture: The timm model name.
+        in_chans: Input channels (1: the backbone sees the CIE L lightness of RGB images).
+        small_input_stem: Whether the stem's early downsampling was removed.
+        backbone_kwargs: Extra keyword arguments of ``timm.create_model``.
+        method: The module that trained the weights (``RotationPrediction``, ``ImageClassifier``...).
+        hyperparameters: That module's constructor arguments.
+        image_size: Side of the images it was trained on.
+        source: The file the weights were read from (a checkpoint, an export).
+    """
+
+    architecture: str
+    in_chans: int = 3
+    small_input_stem: bool = False
+    backbone_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    method: str | None = None
+    hyperparameters: Mapping[str, Any] = field(default_factory=dict)
+    image_size: int | None = None
+    source: str | None = None
+
+    def build(self, pretrained: bool = False) -> nn.Module:
+        """A backbone of this architecture and stem (timm's pretrained weights on request)."""
+        return create_backbone(
+            self.architecture, pretrained, self.in_chans, self.small_input_stem, dict(self.backbone_kwargs)
+        )
+
+    def architecture_only(self) -> BackboneSpec:
+        """The same architecture and stem without the provenance (for random-init baselines)."""
+        return BackboneSpec(
+            self.architecture, self.in_chans, self.small_input_stem, dict(self.backbone_kwargs)
+        )
+
+    def replace(self, **changes: Any) -> BackboneSpec:
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain types only (JSON and ``torch.load(weights_only=True)`` safe)."""
+        values = dataclasses.asdict(self)
+        values["backbone_kwargs"] = dict(self.backbone_kwargs)
+        values["hyperparameters"] = dict(self.hyperparameters)
+        return values
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BackboneSpec:
+        """Read :meth:`to_dict`'s output; unknown keys are ignored (``source_checkpoint``, the
+        name exports of release 0.1 used, is read as ``source``).
+
+        Raises:
+            ValueError: no ``architecture``.
+        """
+        if not data.get("architecture"):
+            raise ValueError(f"a backbone description needs an 'architecture'; got keys {sorted(data)}")
+        image_size = data.get("image_size")
+        return cls(
+            architecture=str(data["architecture"]),
+            in_chans=int(data.get("in_chans", 3)),
+            small_input_stem=bool(data.get("small_input_stem", False)),
+            backbone_kwargs=dict(data.get("backbone_kwargs") or {}),
+            method=data.get("method"),
+            hyperparameters=dict(data.get("hyperparameters") or {}),
+            image_size=None if image_size is None else int(image_size),
+            source=data.get("source") or data.get("source_checkpoint"),
+        )
 
 
 def normalization(model: nn.Module, in_chans: int = 3) -> tuple[tuple[float, ...], tuple[float, ...]]:

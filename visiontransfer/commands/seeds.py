@@ -9,48 +9,34 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_only
 
+from visiontransfer.commands.lightning_cli import fit_then_test
+from visiontransfer.stats import MeanStd, mean_std
+
 
 def run_one(args: list[str], seed: int) -> dict[str, float]:
-    """Fit then test one configuration at one seed; returns the test (or validation) metrics."""
-    from visiontransfer.cli import VisionTransferCLI
-
-    cli = VisionTransferCLI(
-        args=[*args, f"--seed_everything={seed}", f"--data.init_args.seed={seed}"], run=False
-    )
-    cli.trainer.fit(cli.model, cli.datamodule)
-    has_test = hasattr(cli.datamodule, "datasets") and "test" in cli.datamodule.datasets
-    ckpt = "best" if getattr(cli.trainer.checkpoint_callback, "best_model_path", "") else None
-    if has_test:
-        results = cli.trainer.test(cli.model, cli.datamodule, ckpt_path=ckpt, verbose=False)
-    else:
-        results = cli.trainer.validate(cli.model, cli.datamodule, ckpt_path=ckpt, verbose=False)
-    return {k: float(v) for k, v in results[0].items()}
+    """Fit then test one configuration at one seed (the best checkpoint when there is one);
+    returns the test (or validation) metrics."""
+    seeded = [*args, f"--seed_everything={seed}", f"--data.init_args.seed={seed}"]
+    return fit_then_test(seeded, ckpt_path="best")[1]
 
 
-def summarize(per_seed: dict[int, dict[str, float]]) -> dict[str, dict[str, float]]:
+def summarize(per_seed: dict[int, dict[str, float]]) -> dict[str, MeanStd]:
     """Mean and (sample) standard deviation of every metric across seeds."""
     keys = sorted(set().union(*(m.keys() for m in per_seed.values())))
-    out = {}
-    for key in keys:
-        values = [m[key] for m in per_seed.values() if key in m]
-        std = statistics.stdev(values) if len(values) > 1 else 0.0
-        out[key] = {"mean": statistics.fmean(values), "std": std, "n": float(len(values))}
-    return out
+    return {key: mean_std([m[key] for m in per_seed.values() if key in m]) for key in keys}
 
 
-def format_table(summary: dict[str, dict[str, float]], keys: list[str] | None = None) -> str:
+def format_table(summary: dict[str, MeanStd], keys: list[str] | None = None) -> str:
     """Markdown table ``metric | mean ± std | seeds``."""
     rows = ["| metric | mean ± std | seeds |", "| --- | --- | --- |"]
     for key in keys or sorted(summary):
-        s = summary[key]
-        rows.append(f"| {key} | {s['mean']:.4f} ± {s['std']:.4f} | {int(s['n'])} |")
+        rows.append(f"| {key} | {summary[key].format(4)} | {summary[key].n} |")
     return "\n".join(rows)
 
 
@@ -70,10 +56,11 @@ def main(argv: list[str]) -> dict[str, Any]:
     summary = summarize(per_seed)
     if getattr(rank_zero_only, "rank", 0) != 0:  # under DDP every process ran the seeds; one reports them
         return {"per_seed": per_seed, "summary": summary}
-    main_keys = [k for k in summary if k.endswith(("/top1", "/top5", "/loss"))]
+    main_keys = [k for k in summary if k.endswith(("/top1", "/top5", "/loss", "/miou", "/map_50"))]
     print("\n" + format_table(summary, main_keys or None), flush=True)
     if options.summary:
-        Path(options.summary).write_text(json.dumps({"per_seed": per_seed, "summary": summary}, indent=2))
+        as_dict = {k: {"mean": s.mean, "std": s.std, "n": s.n} for k, s in summary.items()}
+        Path(options.summary).write_text(json.dumps({"per_seed": per_seed, "summary": as_dict}, indent=2))
     return {"per_seed": per_seed, "summary": summary}
 
 

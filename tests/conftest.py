@@ -7,11 +7,14 @@ The data is never copied into the repository: tests build the small trees they n
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "helpers"))  # the tests' helper modules
 
 SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 """``../shared/data`` next to the repository (CI provides it)."""

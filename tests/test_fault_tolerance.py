@@ -129,7 +129,8 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path: Pa
     assert "visiontransfer run finished" not in killed.stdout
     saved = torch.load(tmp_path / "killed/runs/ft/version_0/checkpoints/last.ckpt", weights_only=True)
     assert saved["global_step"] == 6  # mid-epoch: 2 of the epoch's 4 batches done
-    assert saved["PretrainDataModule"] == {"train_loader": {"epoch": 1, "batches_done": 2}}
+    assert saved["PretrainDataModule"]["train_loader"] == {"epoch": 1, "batches_done": 2}
+    assert saved["PretrainDataModule"]["data"]["images"] == {"train": 96, "val": 32, "predict": 32}
 
     resumed = fit(fit_config(tmp_path), tmp_path / "killed", "--ckpt_path", "last")
     assert resumed.returncode == 0, resumed.stderr[-3000:]

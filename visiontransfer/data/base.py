@@ -6,6 +6,7 @@ embedded procedural set, so every command runs without data to fetch.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -215,16 +216,29 @@ class ImageDataModule(L.LightningDataModule):
             self._pending_loader_state = None
         return loader
 
+    def describe(self) -> dict[str, Any]:
+        """What the data is, for checkpoints and model cards: the datamodule, where its images come
+        from, and how many each split holds (after set-up)."""
+        sizes = {}
+        for split, dataset in self.datasets.items():
+            with contextlib.suppress(TypeError):  # a stream without a length
+                sizes[split] = len(dataset)  # type: ignore[arg-type]
+        images = getattr(self, "images", None)
+        source = images.describe() if images is not None else "the embedded procedural set"
+        return {"datamodule": type(self).__name__, "source": source, "images": sizes,
+                "image_size": self.image_size}  # fmt: skip
+
     def state_dict(self) -> dict[str, Any]:
-        """The training loader's position, saved in checkpoints (see :class:`ResumableLoader`)."""
+        """The training loader's position (see :class:`ResumableLoader`) and :meth:`describe`,
+        saved in checkpoints."""
         if self._train_loader is None:
-            return {}
+            return {"data": self.describe()}
         state = self._train_loader.state_dict()
         # With --trainer.limit_train_batches Lightning ends the epoch before the loader does.
         limit = getattr(getattr(self, "trainer", None), "num_training_batches", float("inf"))
         if state["batches_done"] >= limit:
             state["batches_done"] = len(self._train_loader)
-        return {"train_loader": state}
+        return {"train_loader": state, "data": self.describe()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Resume the training order where the checkpoint left it.

@@ -45,7 +45,25 @@ def test_image_boxes_and_labels_are_consistent(size: int):
         # The main object is drawn: its box is not all background.
         bx0, by0, bx1, by1 = (int(v) for v in scene.boxes[0])
         assert scene.image[by0 : max(by1, by0 + 1), bx0 : max(bx1, bx0 + 1)].std() > 0
+        # The mask holds the classes of the objects (k + 1), the main one the most visible.
+        assert scene.mask.shape == (size, size) and scene.mask.dtype == np.uint8
+        assert set(np.unique(scene.mask)) <= {0, *(int(c) + 1 for c in scene.box_labels)}
+        counts = np.bincount(scene.mask.ravel(), minlength=len(SHAPES) + 1)
+        assert counts[scene.label + 1] == counts[1:].max() > 0
     assert seen_distractors > 0
+
+
+def test_nuisances_vary_and_the_shape_alone_is_the_class():
+    """Colour, scale and position vary within a class; the mask's area share spans a wide range."""
+    scenes = [render_scene(i, 64, seed=5) for i in range(200)]
+    for label in range(len(SHAPES)):
+        own = [s for s in scenes if s.label == label]
+        assert len(own) >= 8
+        colours = np.stack([s.image[s.mask == label + 1].mean(axis=0) for s in own])
+        areas = np.array([(s.mask == label + 1).mean() for s in own])
+        centres = np.array([np.argwhere(s.mask == label + 1).mean(axis=0) for s in own])
+        assert colours.std(axis=0).mean() > 30  # no class has a colour of its own
+        assert areas.max() / areas.min() > 1.5 and centres.std(axis=0).min() > 2
 
 
 @pytest.mark.parametrize("num_classes", [2, 5, 10])

@@ -12,7 +12,7 @@ It prints images/s of both and the ratio b/a (1.0: the data pipeline keeps up), 
 ``--repeats`` runs. With ``--decode-on-device`` it adds (c): the same files with JPEG decoding and
 the crop moved to the training device (``--data.decode_on_device``: nvJPEG on a GPU), and c/a.
 Then the CPU data pipeline alone, per core (one process): our decode +
-albumentations preset against the same steps in torchvision v2 (``decode_jpeg`` + ``v2``).
+albumentations preset against the same steps in torchvision v2 (TorchCodec's ``decode_jpeg`` + ``v2``).
 """
 
 from __future__ import annotations
@@ -138,8 +138,9 @@ def model_figures(args: argparse.Namespace) -> list[tuple[str, float, float, flo
 
 
 def pipeline_per_core(args: argparse.Namespace) -> tuple[float, float]:
-    """Images/s of one process: ours (PIL decode + albumentations) and torchvision v2's."""
-    from torchvision.io import decode_jpeg, read_file
+    """Images/s of one process: ours (PIL decode + albumentations) and torchvision v2's (with
+    TorchCodec's JPEG decoder, which replaces torchvision's deprecated one)."""
+    from torchcodec.decoders import decode_jpeg
     from torchvision.transforms import v2
 
     root = str(args.data)
@@ -157,7 +158,7 @@ def pipeline_per_core(args: argparse.Namespace) -> tuple[float, float]:
 
     def run_theirs() -> None:
         for path in files:
-            theirs(decode_jpeg(read_file(path)))
+            theirs(decode_jpeg(path))
 
     times: dict[str, list[float]] = {"ours": [], "torchvision": []}
     for _ in range(args.repeats):

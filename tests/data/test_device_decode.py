@@ -19,7 +19,6 @@ from visiontransfer.data.device_decode import (
     crop_box,
     decode_images,
     decode_on_device,
-    upright,
 )
 from visiontransfer.data.index import PathTable
 from visiontransfer.data.shards import write_shards
@@ -40,14 +39,14 @@ def test_crop_box_stays_inside_the_image_and_follows_the_seed() -> None:
 
 
 def test_every_valid_image_decodes_upright_as_pillow_does(image_zoo: Any) -> None:
-    """JPEGs go through torchvision's decoder plus EXIF handling; the rest through Pillow."""
+    """JPEGs go through TorchCodec's decoder (EXIF applied); the rest through Pillow."""
     names = sorted(image_zoo.valid)
     dataset = EncodedFileDataset(PathTable("", [str(image_zoo.valid[n].path) for n in names]))
     samples = [dataset[(i, 0)] for i in range(len(names))]
     decoded = decode_images([s["encoded"] for s in samples], names, CPU)
-    for name, sample, image in zip(names, samples, decoded, strict=True):
+    for name, image in zip(names, decoded, strict=True):
         assert isinstance(image, torch.Tensor), f"{name}: {image}"
-        got = upright(image, sample["orientation"]).permute(1, 2, 0).numpy().astype(int)
+        got = image.permute(1, 2, 0).numpy().astype(int)
         expected = image_zoo.valid[name].expected
         assert got.shape == expected.shape, name
         assert np.abs(got - expected).max() <= image_zoo.valid[name].atol + 2, name
@@ -55,17 +54,26 @@ def test_every_valid_image_decodes_upright_as_pillow_does(image_zoo: Any) -> Non
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))
-def test_upright_matches_pillow_exif_transpose(orientation: int) -> None:
-    from PIL import Image, ImageOps
+def test_every_exif_orientation_decodes_as_pillow_turns_it(orientation: int, tmp_path: Path) -> None:
+    """A real JPEG file with each EXIF orientation: the device decoder's image equals Pillow's
+    (``exif_transpose``), and the header parse reports the upright size the crop box is drawn in."""
+    from PIL import Image
 
-    pixels = np.random.default_rng(orientation).integers(0, 256, (5, 8, 3), dtype=np.uint8)
+    from visiontransfer.data.decode import load_rgb
+
+    pixels = np.random.default_rng(orientation).integers(0, 256, (24, 40, 3), dtype=np.uint8)
+    path = tmp_path / "oriented.jpg"
     stored = Image.fromarray(pixels)
     exif = stored.getexif()
     exif[0x0112] = orientation
-    stored.info["exif"] = exif.tobytes()
-    expected = np.asarray(ImageOps.exif_transpose(stored))
-    got = upright(torch.from_numpy(pixels).permute(2, 0, 1), orientation).permute(1, 2, 0).numpy()
-    np.testing.assert_array_equal(got, expected)
+    stored.save(path, quality=95, exif=exif.tobytes())
+    expected = load_rgb(path)  # Pillow, EXIF applied
+    sample = EncodedFileDataset(PathTable("", [str(path)]))[(0, 0)]
+    image = decode_images([sample["encoded"]], [str(path)], CPU)[0]
+    assert isinstance(image, torch.Tensor) and sample["orientation"] == orientation
+    got = image.permute(1, 2, 0).numpy().astype(int)
+    assert got.shape == expected.shape
+    assert np.abs(got - expected.astype(int)).max() <= 2
 
 
 def test_broken_files_are_skipped_with_their_reason(image_zoo: Any) -> None:

@@ -4,8 +4,9 @@ At 224 px a GPU trains on images faster than a few CPU cores can decode and crop
 mode the DataLoader workers only read each file's bytes, parse its header (size, EXIF orientation,
 the decompression-bomb check) and draw the sample's crop box and flip from its per-sample seed, so
 a batch is the same whatever the workers, ranks or resume point. The datamodule then decodes the
-batch with ``torchvision.io.decode_jpeg(device=...)`` (nvJPEG on CUDA, libjpeg-turbo on CPU),
-turns each image upright and cuts its crop with ``roi_align`` on that device: the pretext's own
+batch with TorchCodec's ``decode_jpeg(device=...)`` (nvJPEG on CUDA, libjpeg-turbo on CPU; it
+applies the EXIF orientation), falling back to torchvision's deprecated decoder where TorchCodec
+is not installed, and cuts each image's crop with ``roi_align`` on that device: the pretext's own
 batched augmentations follow there. Files that are not JPEGs (PNG, WebP, ...) are decoded in the
 workers as usual; a JPEG the device decoder refuses (CMYK, some progressive files on nvJPEG) is
 decoded by Pillow instead, and a file nothing can decode is skipped and counted.
@@ -26,7 +27,6 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
-from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.ops import roi_align
 
 from visiontransfer.data.datasets import Sample, Skipped, to_chw_tensor
@@ -166,34 +166,26 @@ def collate_encoded(samples: Sequence[Sample | Skipped]) -> dict[str, Any]:
     }
 
 
-def upright(image: Tensor, orientation: int) -> Tensor:
-    """Apply EXIF ``orientation`` (1-8) to a ``(C, H, W)`` image, as Pillow's ``exif_transpose``."""
-    if orientation == 2:
-        return image.flip(-1)
-    if orientation == 3:
-        return image.flip(-1, -2)
-    if orientation == 4:
-        return image.flip(-2)
-    if orientation == 5:
-        return image.transpose(-1, -2)
-    if orientation == 6:
-        return torch.rot90(image, -1, (-2, -1))
-    if orientation == 7:
-        return image.transpose(-1, -2).flip(-1, -2)
-    if orientation == 8:
-        return torch.rot90(image, 1, (-2, -1))
-    return image
-
-
 def _jpeg(payloads: list[Tensor], device: torch.device) -> list[Tensor]:
-    """``decode_jpeg`` to RGB on ``device`` (raises RuntimeError on any undecodable file)."""
+    """JPEGs decoded upright (EXIF orientation applied) to RGB on ``device``: TorchCodec's decoder,
+    else torchvision's (deprecated since 0.29). Raises RuntimeError on any undecodable file."""
+    try:
+        from torchcodec.decoders import decode_jpeg
+    except (ImportError, RuntimeError, OSError):  # not installed, or built for another torch
+        return _torchvision_jpeg(payloads, device)
+    return list(decode_jpeg(payloads, mode="RGB", device=device))
+
+
+def _torchvision_jpeg(payloads: list[Tensor], device: torch.device) -> list[Tensor]:
+    from torchvision.io import ImageReadMode, decode_jpeg
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # torchvision 0.29: image IO -> TorchCodec
-        return decode_jpeg(payloads, mode=ImageReadMode.RGB, device=device)
+        return decode_jpeg(payloads, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True)
 
 
 def _decode_one(payload: Tensor, where: str, device: torch.device) -> Tensor | str:
-    """One JPEG on ``device`` (device decoder, then Pillow), or the reason it failed."""
+    """One JPEG on ``device`` (device decoder, then Pillow), upright, or the reason it failed."""
     try:
         return _jpeg([payload], device)[0]
     except RuntimeError:
@@ -207,7 +199,8 @@ def _decode_one(payload: Tensor, where: str, device: torch.device) -> Tensor | s
 def decode_images(
     payloads: Sequence[Tensor], wheres: Sequence[str], device: torch.device
 ) -> list[Tensor | str]:
-    """Decode a batch on ``device``: all JPEGs in one call, image by image if that call fails."""
+    """Decode a batch on ``device``, every image upright: all JPEGs in one call, image by image if
+    that call fails; images decoded in the workers (not JPEGs) are moved to ``device``."""
     jpegs = [i for i, p in enumerate(payloads) if p.ndim == 1]
     out: list[Tensor | str] = [p.to(device) if p.ndim == 3 else "" for p in payloads]
     if jpegs:
@@ -234,7 +227,7 @@ def decode_on_device(batch: dict[str, Any], size: int, device: torch.device) -> 
     boxes = torch.cat([torch.zeros(len(batch["box"]), 1), batch["box"]], dim=1).to(device)
     crops = []
     for i in keep:
-        image = upright(images[i], batch["orientation"][i]).float()  # type: ignore[arg-type]
+        image = images[i].float()  # type: ignore[union-attr]  # upright: EXIF applied by the decoders
         crops.append(
             roi_align(image[None], boxes[i : i + 1], output_size=size, sampling_ratio=-1, aligned=True)
         )

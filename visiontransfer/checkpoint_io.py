@@ -78,6 +78,17 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
     remove_stale_temporaries(target.parent)
 
 
+def check_writable(folder: str | os.PathLike[str]) -> str | None:
+    """Why files can't be written into ``folder`` (created if missing), or None when they can."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+            pass
+    except OSError as error:
+        return error.strerror or str(error)
+    return None
+
+
 def remove_stale_temporaries(folder: Path, older_than_s: float = STALE_AFTER_S) -> list[Path]:
     """Delete temporary checkpoint files left in ``folder`` by killed writers; return them."""
     removed = []
@@ -114,10 +125,28 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (full disk, read-only or unwritable folder); the previous
+    checkpoint at that path, if any, is intact."""
+
+
+def write_error(path: str | os.PathLike[str], error: OSError) -> CheckpointWriteError:
+    """One line: which folder, why, that the previous checkpoint is intact, and what to do."""
+    target = Path(path)
+    previous = f"the previous {target.name} there is intact" if target.is_file() else "nothing was lost"
+    return CheckpointWriteError(
+        f"could not write checkpoint {target.name} in {target.parent}: {error.strerror or error}; "
+        f"{previous}. Free space or make the folder writable (or set --trainer.default_root_dir), then "
+        "resume with --ckpt_path last"
+    )
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning checkpoint writer for local paths: temporary file, ``fsync``, atomic rename.
 
-    Paths with a URL scheme (``s3://``...) go through Lightning's own writer.
+    A failed write (``ENOSPC``, a read-only folder...) removes its temporary file and raises
+    :class:`CheckpointWriteError`; the previous checkpoint stays. Paths with a URL scheme
+    (``s3://``...) go through Lightning's own writer.
     """
 
     def save_checkpoint(
@@ -128,4 +157,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options for local paths")
-        atomic_torch_save(checkpoint, path)
+        try:
+            atomic_torch_save(checkpoint, path)
+        except OSError as error:
+            raise write_error(path, error) from error

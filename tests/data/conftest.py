@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import struct
 import zlib
 from collections.abc import Callable
@@ -182,3 +183,38 @@ def image_zoo(tmp_path_factory: pytest.TempPathFactory) -> ImageZoo:
     (root / "valid").mkdir()
     (root / "broken").mkdir()
     return ImageZoo(valid=_write_valid(root / "valid"), broken=_write_broken(root / "broken"))
+
+
+LINKS = {
+    "loop": "unresolvable symbolic link",  # ln -s loop loop
+    "loop.jpg": "unresolvable symbolic link",
+    "dangling.jpg": "dangling symbolic link",
+    "sub/up": "already walked",  # a link to an ancestor folder
+    "sub/again.png": "the same file as",  # a second path to a file of the tree
+}
+"""Symbolic links an image folder may hold, and the reason indexing gives for leaving each out."""
+
+
+@pytest.fixture(scope="session")
+def link_reasons() -> dict[str, str]:
+    """:data:`LINKS`: each link of :func:`odd_folder` and the reason indexing leaves it out."""
+    return dict(LINKS)
+
+
+@pytest.fixture(scope="session")
+def odd_folder(image_zoo: ImageZoo, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An image folder as users have them: the zoo's valid and broken images, and the links of
+    :data:`LINKS` (loops, dangling, to an ancestor, a second path to a file)."""
+    root = tmp_path_factory.mktemp("odd_folder")
+    for kind in ("valid", "broken"):
+        for name, case in getattr(image_zoo, kind).items():
+            (root / kind).mkdir(exist_ok=True)
+            (root / kind / name).write_bytes(case.path.read_bytes())
+    (root / "sub").mkdir()
+    os.symlink("loop", root / "loop")
+    os.symlink("loop.jpg", root / "loop.jpg")
+    os.symlink(root / "missing.jpg", root / "dangling.jpg")
+    os.symlink(root, root / "sub" / "up")
+    first_valid = sorted((root / "valid").glob("*.png"))[0]
+    os.symlink(first_valid, root / "sub" / "again.png")
+    return root

@@ -113,9 +113,29 @@ def test_scan_images_follows_links_out_of_the_tree(tmp_path: Path):
     touch(root, "own.png")
     os.symlink(outside, root / "linked")
     os.symlink(outside / "x.jpg", root / "file_link.jpg")
-    os.symlink(root / "missing.jpg", root / "dangling.jpg")  # listed; decoding reports it
-    assert scan_images(root) == ["dangling.jpg", "file_link.jpg", "linked/x.jpg", "own.png"]
+    os.symlink(root / "missing.jpg", root / "dangling.jpg")
+    skipped: list[tuple[str, str]] = []
+    # outside/x.jpg is reached twice (file_link.jpg, linked/x.jpg): it is listed once.
+    assert scan_images(root, skipped=skipped) == ["file_link.jpg", "own.png"]
+    reasons = {Path(p).name: reason for p, reason in skipped}
+    assert "dangling symbolic link" in reasons["dangling.jpg"]
+    assert "the same file as" in reasons["x.jpg"]
     assert scan_images(root, follow_symlinks=False) == ["own.png"]
+
+
+def test_scan_images_skips_and_reports_link_loops_and_links_into_the_tree(tmp_path: Path):
+    touch(tmp_path, "a.jpg", "sub/b.jpg")
+    os.symlink("loop", tmp_path / "loop")  # ln -s loop loop
+    os.symlink("self.jpg", tmp_path / "self.jpg")
+    os.symlink(tmp_path / "a.jpg", tmp_path / "sub" / "again.jpg")  # a second path to a.jpg
+    os.symlink(tmp_path, tmp_path / "sub" / "up")  # a link to an ancestor
+    skipped: list[tuple[str, str]] = []
+    with deadline(10):
+        assert scan_images(tmp_path, skipped=skipped) == ["a.jpg", "sub/b.jpg"]
+    reasons = {os.path.relpath(p, tmp_path): reason for p, reason in skipped}
+    assert set(reasons) == {"loop", "self.jpg", "sub/again.jpg", "sub/up"}
+    assert "Too many levels of symbolic links" in reasons["loop"] and "symbolic link" in reasons["self.jpg"]
+    assert "already walked" in reasons["sub/up"] and "the same file" in reasons["sub/again.jpg"]
 
 
 def test_scan_images_missing_root(tmp_path: Path):

@@ -24,13 +24,13 @@ from typing import Any
 import yaml
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_warn
 
 import visiontransfer  # noqa: F401 - sets NO_ALBUMENTATIONS_UPDATE before albumentations loads
 from visiontransfer.callbacks import NonFiniteGuard, ResumeCheckpoint, RunSummary
-from visiontransfer.checkpoint_io import AtomicCheckpointIO
+from visiontransfer.checkpoint_io import AtomicCheckpointIO, check_writable
 from visiontransfer.errors import ConfigError
 
 TRAINER_DEFAULTS: dict[str, Any] = {
@@ -57,7 +57,7 @@ class VisionTransferCLI(LightningCLI):
     become one line naming the key.
     """
 
-    def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
+    def __init__(self, args: list[str] | None = None, run: bool = True, save_config: bool = True) -> None:
         super().__init__(
             model_class=LightningModule,
             datamodule_class=LightningDataModule,
@@ -69,6 +69,7 @@ class VisionTransferCLI(LightningCLI):
             parser_kwargs={"parser_mode": "omegaconf", "exit_on_error": False},
             args=args,
             run=run,
+            save_config_callback=SaveConfigCallback if save_config else None,
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -122,9 +123,44 @@ class VisionTransferCLI(LightningCLI):
             raise ConfigError(f"--trainer: {error}") from None
 
     def before_fit(self) -> None:
+        check_run_folders(self.trainer)
         fit_config = self.config_init[self.subcommand]
         if fit_config.get("ckpt_path") == "last":
             fit_config["ckpt_path"] = find_last_checkpoint(self.trainer)
+
+    def before_validate(self) -> None:
+        check_run_folders(self.trainer)
+
+    def before_test(self) -> None:
+        check_run_folders(self.trainer)
+
+    def before_predict(self) -> None:
+        check_run_folders(self.trainer)
+
+
+def check_run_folders(trainer: Trainer) -> None:
+    """The folders a run writes into (logs, checkpoints) must be writable, checked before it starts
+    rather than found out at the first checkpoint.
+
+    Raises:
+        ConfigError: naming the folder, the setting that chose it and the reason.
+    """
+    folders = {str(trainer.default_root_dir): "--trainer.default_root_dir"}
+    for logger in trainer.loggers:
+        if (save_dir := getattr(logger, "save_dir", None)) is not None:
+            folders.setdefault(str(save_dir), "--trainer.logger.init_args.save_dir")
+    for callback in trainer.checkpoint_callbacks:
+        if (dirpath := getattr(callback, "dirpath", None)) is not None:
+            folders.setdefault(str(dirpath), "the ModelCheckpoint callback's dirpath")
+    for folder, setting in folders.items():
+        if "://" in folder:
+            continue
+        reason = check_writable(folder)
+        if reason is not None:
+            raise ConfigError(
+                f"{setting}={folder!r} is not writable ({reason}): the run could not save its logs "
+                "or checkpoints; choose a writable folder"
+            )
 
 
 def config_error_in(error: BaseException) -> ConfigError | None:
@@ -277,7 +313,10 @@ def config_dir() -> Path:
 
 
 def fit_then_test(
-    args: list[str], ckpt_path: str | None = None, validate_without_test: bool = True
+    args: list[str],
+    ckpt_path: str | None = None,
+    validate_without_test: bool = True,
+    save_config: bool = True,
 ) -> tuple[VisionTransferCLI, dict[str, float]]:
     """``visiontransfer fit`` with ``args``, then ``test`` when the data has a test set (else
     ``validate``, or nothing when ``validate_without_test`` is False), in this process.
@@ -287,11 +326,12 @@ def fit_then_test(
         ckpt_path: Which weights to evaluate: None, the final ones (as ``--ckpt_path last``);
             ``best``, the best checkpoint when a checkpoint callback kept one, else the final ones.
         validate_without_test: Validate when there is no test set.
+        save_config: Write the run's ``config.yaml`` into its log folder (as ``visiontransfer fit`` does).
 
     Returns:
         The CLI (trainer, model, datamodule) and the evaluation's metrics (empty if none ran).
     """
-    cli = VisionTransferCLI(args=args, run=False)
+    cli = VisionTransferCLI(args=args, run=False, save_config=save_config)
     cli.trainer.fit(cli.model, cli.datamodule)
     if ckpt_path == "best" and not getattr(cli.trainer.checkpoint_callback, "best_model_path", ""):
         ckpt_path = None

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -70,17 +71,68 @@ def probe_readable(paths: PathTable, where: str, max_pixels: int = DEFAULT_MAX_P
     if len(paths) == 0:
         raise ConfigError(f"no image files found in {where}")
     picks = np.unique(np.linspace(0, len(paths) - 1, min(PROBE_FILES, len(paths))).astype(int))
-    reasons = []
-    for i in picks:
-        try:
-            load_rgb(paths[int(i)], max_pixels)
-            return
-        except UnreadableImageError as error:
-            reasons.append(f"{error.path}: {error.reason}")
+    reasons = _unreadable(paths, picks, max_pixels)
+    if len(reasons) < len(picks):
+        return
     scope = "any" if len(picks) == len(paths) else f"any of {len(picks)} sampled"
     raise ConfigError(
         f"no readable image in {where}: {scope} files failed to decode, e.g.\n  " + "\n  ".join(reasons[:3])
     )
+
+
+def _unreadable(paths: PathTable, picks: Iterable[int], max_pixels: int) -> list[str]:
+    """Decode ``paths[picks]`` in order until one decodes; the reasons of those that failed."""
+    reasons = []
+    for i in picks:
+        try:
+            load_rgb(paths[int(i)], max_pixels)
+            break
+        except UnreadableImageError as error:
+            reasons.append(f"{error.path}: {error.reason}")
+    return reasons
+
+
+CLASS_PROBE_FILES = 8
+"""Files of each class decoded at set-up (until one decodes) to catch a class with no readable image."""
+
+
+def probe_classes(
+    paths: PathTable, labels: np.ndarray, classes: list[str], where: str, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> None:
+    """Every class must have a training image that decodes (up to :data:`CLASS_PROBE_FILES` tried).
+
+    Raises:
+        ConfigError: naming the classes with no image, or with none readable, and the fix.
+    """
+    counts = np.bincount(labels, minlength=len(classes))
+    empty = [classes[c] for c in np.flatnonzero(counts == 0)]
+    if empty:
+        raise ConfigError(
+            f"{where}: class(es) {empty[:5]} have no training image; add images to their folders or "
+            "remove the folders (a class the model can never see cannot be learned)"
+        )
+    for label, name in enumerate(classes):
+        positions = np.flatnonzero(labels == label)[:CLASS_PROBE_FILES]
+        reasons = _unreadable(paths, positions, max_pixels)
+        if len(reasons) == len(positions):
+            raise ConfigError(
+                f"{where}: no readable image in class {name!r} ({len(reasons)} of its {counts[label]} "
+                f"files tried failed to decode, e.g. {reasons[0]}); fix or remove them"
+            )
+
+
+def warn_small_classes(counts: np.ndarray, classes: list[str], samples_per_class: int | None) -> None:
+    """One warning naming the classes that hold fewer training images than ``samples_per_class``."""
+    if samples_per_class is None:
+        return
+    short = [(classes[c], int(counts[c])) for c in np.flatnonzero(counts < samples_per_class)]
+    if short:
+        listed = ", ".join(f"{name} ({n})" for name, n in short[:8]) + (" ..." if len(short) > 8 else "")
+        warnings.warn(
+            f"--data.samples_per_class={samples_per_class} but {len(short)} of {len(classes)} classes have "
+            f"fewer training images, and all of theirs are used: {listed}",
+            stacklevel=3,
+        )
 
 
 class ImageDataModule(L.LightningDataModule):
@@ -136,6 +188,15 @@ class ImageDataModule(L.LightningDataModule):
     def _transforms(self) -> tuple[A.Compose, A.Compose]:
         """The training and evaluation pipelines (called once, in ``__init__``)."""
         return train_transform(self.image_size, "none"), eval_transform(self.image_size)
+
+    def note_index_skips(self, skipped: list[tuple[str, str]], where: str) -> None:
+        """Count what indexing left out (link loops, dangling links, second paths to a file) with the
+        unreadable files, and say so now, once."""
+        if not skipped:
+            return
+        self.skip_log.add(skipped)
+        shown = "; ".join(f"{path}: {reason}" for path, reason in skipped[:3])
+        warnings.warn(f"{where}: {len(skipped)} entries left out while indexing, e.g. {shown}", stacklevel=3)
 
     def has_split(self, split: str) -> bool:
         """Whether ``setup`` built a ``split`` set (``train``, ``val``, ``test``, ``predict``)."""

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from visiontransfer.data.base import SourceDataModule, check_label_budget, probe_readable
+from visiontransfer.data.base import SourceDataModule, check_label_budget, probe_classes, warn_small_classes
 from visiontransfer.data.index import PathTable, read_manifest, scan_class_folders
 from visiontransfer.data.shards import read_index
 from visiontransfer.data.subsets import stratified_split, stratified_subset
@@ -155,7 +155,9 @@ class ClassificationDataModule(SourceDataModule):
         """A class-per-folder tree, indexed once (the class names are asked for before set-up)."""
         if folder not in self._scans:
             try:
-                self._scans[folder] = scan_class_folders(folder)
+                skipped: list[tuple[str, str]] = []
+                self._scans[folder] = scan_class_folders(folder, skipped=skipped)
+                self.note_index_skips(skipped, f"{flag}={folder!r}")
             except FileNotFoundError as error:
                 raise MissingPathError(f"{flag}={folder!r}: {error}") from None
         return self._scans[folder]
@@ -204,12 +206,16 @@ class ClassificationDataModule(SourceDataModule):
             return
         flag = "--data.manifest" if self.manifest else "--data.root"
         train = self._read(sources["train"], flag)
-        probe_readable(train.paths, f"{flag}={sources['train']!r}", self.max_pixels)
+        probe_classes(
+            train.paths, train.labels, self.classes, f"{flag}={sources['train']!r}", self.max_pixels
+        )
         if sources["val"] is not None:
             val = self._read(sources["val"], "--data.val_root")
         else:
             keep, held = stratified_split(train.labels, self.val_fraction, self.seed)
             train, val = train.take(keep), train.take(held)
+        warn_small_classes(np.bincount(train.labels, minlength=self.num_classes), self.classes,
+                           self.samples_per_class)  # fmt: skip
         train = train.take(self._labeled_positions(train.labels))
         self.datasets["train"] = self._files(train.paths, train.labels, train=True)
         self.datasets["val"] = self._files(val.paths, val.labels, train=False)

@@ -53,7 +53,10 @@ class PretrainDataModule(SourceDataModule):
         assert self.root is not None
         where = f"--data.root={self.root!r}"
         try:
-            return PathTable(self.root, scan_images(self.root)), where
+            skipped: list[tuple[str, str]] = []
+            table = PathTable(self.root, scan_images(self.root, skipped=skipped))
+            self.note_index_skips(skipped, where)
+            return table, where
         except FileNotFoundError as error:
             raise MissingPathError(f"{where}: {error}") from None
 

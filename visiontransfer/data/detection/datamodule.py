@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 import albumentations as A
 import numpy as np
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import Dataset
 
 from visiontransfer.data.base import ImageDataModule, probe_readable
@@ -186,15 +187,30 @@ class DetectionDataModule(ImageDataModule):
             return split
         return os.path.join(self.root, split)
 
+    def _voc_image_sets(self) -> dict[str, str]:
+        """A VOC root's ``ImageSets/Main/{train,val,test}.txt``, when no split is given (used and said)."""
+        splits_given = any(s is not None for s in (self.train_split, self.val_split, self.test_split))
+        if self.format != "voc" or self.root is None or splits_given:
+            return {}
+        main = os.path.join(self.root, "ImageSets", "Main")
+        found = {n: os.path.join(main, f"{n}.txt") for n in ("train", "val", "test")}
+        found = {n: f for n, f in found.items() if os.path.isfile(f)}
+        if "train" in found:
+            rank_zero_info(
+                f"--data.root={self.root!r}: using its Pascal VOC splits {sorted(found)} from {main} "
+                "(give --data.train_split / --data.val_split to choose others)"
+            )
+            return found
+        return {}
+
     def _splits(self, records: list[DetectionRecord]) -> dict[str, list[DetectionRecord]]:
-        """Train / val (/ test) records from the split arguments or a seeded ``val_fraction``."""
+        """Train / val (/ test) records from the split arguments, a VOC root's ``ImageSets``, or a
+        seeded ``val_fraction``."""
+        given = {"train": self.train_split, "val": self.val_split, "test": self.test_split}
+        given.update(self._voc_image_sets())
         pick = {
             name: select_records(records, self._split_path(split), f"--data.{name}_split")
-            for name, split in (
-                ("train", self.train_split),
-                ("val", self.val_split),
-                ("test", self.test_split),
-            )
+            for name, split in given.items()
             if split is not None
         }
         if "train" in pick and "val" not in pick:

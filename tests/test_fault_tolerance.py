@@ -32,7 +32,9 @@ HELPERS = REPO / "tests" / "helpers"
 STEPS_PER_EPOCH = 4  # 128 embedded training images in batches of 32
 
 
-def fit_config(tmp_path: Path, *extra_callbacks: dict[str, Any], every_n_train_steps: int = 3) -> Path:
+def fit_config(
+    tmp_path: Path, *extra_callbacks: dict[str, Any], every_n_train_steps: int = 3, name: str | None = None
+) -> Path:
     """SimCLR (random views on the device: the RNG must be restored too) + online evaluation."""
     callbacks = [
         {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"save_last": True}},
@@ -88,12 +90,29 @@ def fit_config(tmp_path: Path, *extra_callbacks: dict[str, Any], every_n_train_s
             },
         },
     }
-    path = tmp_path / f"fit{len(extra_callbacks)}.yaml"
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / f"{name or f'fit{len(extra_callbacks)}'}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
 
 
+def start(config: Path, cwd: Path, *args: str) -> subprocess.Popen[str]:
+    """``visiontransfer fit`` started in a subprocess in ``cwd`` (output kept in ``cwd/log.txt``)."""
+    cwd.mkdir(exist_ok=True)
+    env = dict(os.environ, PYTHONPATH=str(HELPERS), PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "visiontransfer.cli", "fit", "--config", str(config), *args]
+    with (cwd / "log.txt").open("a") as log:
+        return subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=log, text=True)
+
+
+def finish(runs: dict[str, tuple[subprocess.Popen[str], Path]]) -> dict[str, tuple[int, str]]:
+    """Wait for every started run: its exit status and its output (``log.txt`` of its folder)."""
+    codes = {name: process.wait(timeout=900) for name, (process, _) in runs.items()}
+    return {name: (codes[name], (folder / "log.txt").read_text()) for name, (_, folder) in runs.items()}
+
+
 def fit(config: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``visiontransfer fit`` in a subprocess, waited for."""
     cwd.mkdir(exist_ok=True)
     env = dict(os.environ, PYTHONPATH=str(HELPERS), PYTHONUNBUFFERED="1")
     command = [sys.executable, "-m", "visiontransfer.cli", "fit", "--config", str(config), *args]
@@ -115,51 +134,76 @@ def last_metrics(folder: Path) -> dict[str, float]:
     return values
 
 
-@pytest.mark.slow
-def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
-    kill_step = STEPS_PER_EPOCH + 3  # mid second epoch; last.ckpt written at step 6
-    reference = fit(fit_config(tmp_path), tmp_path / "reference")
-    assert reference.returncode == 0, reference.stderr[-3000:]
+@pytest.fixture(scope="module")
+def killed_and_resumed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, tuple[int, str]]]:
+    """Two phases of concurrent runs (each start costs ~15 s of imports, so they overlap):
+    an uninterrupted reference, a run SIGKILLed mid-epoch and a run sent SIGTERM; then the two
+    interrupted runs resumed with ``--ckpt_path last``."""
+    root = tmp_path_factory.mktemp("faults")
+    kill = {"class_path": "fault_helpers.KillAt", "init_args": {"step": KILL_STEP}}
+    term = {"class_path": "fault_helpers.SignalAt", "init_args": {"step": 5, "signal_name": "SIGTERM"}}
+    plain, killed, stopped = (fit_config(root / name, *extra, **kw) for name, extra, kw in (
+        ("reference", (), {}), ("killed", (kill,), {}), ("sigterm", (term,), {"every_n_train_steps": 0})
+    ))  # fmt: skip
+    first = {name: (start(config, root / name), root / name) for name, config in
+             (("reference", plain), ("killed", killed), ("sigterm", stopped))}  # fmt: skip
+    results = finish(first)
+    resume = {
+        "killed": fit_config(root / "killed", name="resume"),
+        "sigterm": fit_config(root / "sigterm", every_n_train_steps=0, name="resume"),
+    }
+    second = {
+        f"{name}_resumed": (start(config, root / name, "--ckpt_path", "last"), root / name)
+        for name, config in resume.items()
+    }
+    results.update(finish(second))
+    return root, results
 
-    killed_config = fit_config(
-        tmp_path, {"class_path": "fault_helpers.KillAt", "init_args": {"step": kill_step}}
-    )
-    killed = fit(killed_config, tmp_path / "killed")
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-    assert "visiontransfer run finished" not in killed.stdout
-    saved = torch.load(tmp_path / "killed/runs/ft/version_0/checkpoints/last.ckpt", weights_only=True)
+
+KILL_STEP = STEPS_PER_EPOCH + 3
+"""Mid second epoch; last.ckpt is written at step 6."""
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(killed_and_resumed) -> None:
+    root, results = killed_and_resumed
+    code, out = results["reference"]
+    assert code == 0, out[-3000:]
+    code, out = results["killed"]
+    assert code == -signal.SIGKILL, out[-3000:]
+    assert "visiontransfer run finished" not in out
+    saved = torch.load(root / "killed/runs/ft/version_0/checkpoints/last.ckpt", weights_only=True)
     assert saved["global_step"] == 6  # mid-epoch: 2 of the epoch's 4 batches done
     assert saved["PretrainDataModule"]["train_loader"] == {"epoch": 1, "batches_done": 2}
-    assert saved["PretrainDataModule"]["data"]["images"] == {"train": 96, "val": 32, "predict": 32}
+    assert saved["PretrainDataModule"]["data"]["images"] == {"train": 128, "val": 64, "predict": 64}
 
-    resumed = fit(fit_config(tmp_path), tmp_path / "killed", "--ckpt_path", "last")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resuming from runs/ft/version_0/checkpoints/last.ckpt" in resumed.stderr
+    code, out = results["killed_resumed"]
+    assert code == 0, out[-3000:]
+    assert "resuming from runs/ft/version_0/checkpoints/last.ckpt" in out
 
-    want, got = step_losses(tmp_path / "reference"), step_losses(tmp_path / "killed")
+    want, got = step_losses(root / "reference"), step_losses(root / "killed")
     assert sorted(got) == sorted(want) == list(range(1, 3 * STEPS_PER_EPOCH + 1))
     # Same batches, views, LR schedule and online evaluator state: the same numbers.
     for step in want:
         assert got[step] == pytest.approx(want[step], abs=1e-4), step
-    final_want, final_got = last_metrics(tmp_path / "reference"), last_metrics(tmp_path / "killed")
+    final_want, final_got = last_metrics(root / "reference"), last_metrics(root / "killed")
     for key in ("val/loss", "online/knn_top1", "online/probe_top1", "train/loss"):
         assert final_got[key] == pytest.approx(final_want[key], abs=1e-4), key
 
 
 @pytest.mark.slow
-def test_sigterm_saves_a_checkpoint_and_exits_then_resumes(tmp_path: Path) -> None:
-    signal_at = {"class_path": "fault_helpers.SignalAt", "init_args": {"step": 5, "signal_name": "SIGTERM"}}
-    config = fit_config(tmp_path, signal_at, every_n_train_steps=0)
-    stopped = fit(config, tmp_path / "run")
-    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-3000:]
-    assert "SIGTERM: saved" in stopped.stderr + stopped.stdout
-    saved = torch.load(tmp_path / "run/runs/ft/version_0/checkpoints/last.ckpt", weights_only=True)
+def test_sigterm_saves_a_checkpoint_and_exits_then_resumes(killed_and_resumed) -> None:
+    root, results = killed_and_resumed
+    code, out = results["sigterm"]
+    assert code == 128 + signal.SIGTERM, out[-3000:]
+    assert "SIGTERM: saved" in out
+    saved = torch.load(root / "sigterm/runs/ft/version_0/checkpoints/last.ckpt", weights_only=True)
     # The signal arrives after ResumeCheckpoint's hook of step 5 ran: it acts at the end of step 6.
     assert saved["global_step"] == 6
-    resumed = fit(fit_config(tmp_path, every_n_train_steps=0), tmp_path / "run", "--ckpt_path", "last")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    code, out = results["sigterm_resumed"]
+    assert code == 0, out[-3000:]
     # Step 6 trained and was saved, but the exit came before RecordSteps' hook: none redone or lost.
-    recorded = sorted(step_losses(tmp_path / "run"))
+    recorded = sorted(step_losses(root / "sigterm"))
     assert recorded == [s for s in range(1, 3 * STEPS_PER_EPOCH + 1) if s != 6]
 
 

@@ -40,6 +40,7 @@ def run_lightning_cli(args: list[str]) -> None:
     """``fit | validate | test | predict``: one line and exit status 2 for a config mistake, 1 for
     a non-finite loss."""
     from visiontransfer.callbacks import NonFiniteLossError
+    from visiontransfer.checkpoint_io import CheckpointWriteError
     from visiontransfer.commands.lightning_cli import VisionTransferCLI
 
     command = args[0] if args and not args[0].startswith("-") else "fit"
@@ -48,7 +49,7 @@ def run_lightning_cli(args: list[str]) -> None:
     except ConfigError as error:
         print(f"visiontransfer {command}: error: {error}", file=sys.stderr)
         sys.exit(2)
-    except NonFiniteLossError as error:
+    except (NonFiniteLossError, CheckpointWriteError) as error:
         print(f"visiontransfer {command}: error: {error}", file=sys.stderr)
         sys.exit(1)
     finally:

@@ -413,7 +413,10 @@ def test_classification_folder_errors(tmp_path: Path, image_zoo, link_files):
         labeled_dm(root=str(empty)).setup("fit")
     bad = tmp_path / "bad"
     link_files([c.path for c in image_zoo.broken.values()], bad / "cat")
-    with pytest.raises(ValueError, match=rf"no readable image in --data\.root='{re.escape(str(bad))}'"):
+    with pytest.raises(
+        ValueError,
+        match=rf"--data\.root='{re.escape(str(bad))}': no readable image in class 'cat' \(7 of its 7 files",
+    ):
         labeled_dm(root=str(bad)).setup("fit")
 
 

@@ -96,9 +96,10 @@ def test_datamodule_carries_the_position_and_ends_limited_epochs() -> None:
     loader = dm.train_dataloader()
     iterator = iter(loader)
     next(iterator)
-    assert dm.state_dict() == {"train_loader": {"epoch": 0, "batches_done": 1}}
+    assert dm.state_dict()["train_loader"] == {"epoch": 0, "batches_done": 1}
     next(iterator)  # --trainer.limit_train_batches=2: Lightning ends the epoch here
-    assert dm.state_dict() == {"train_loader": {"epoch": 0, "batches_done": 8}}
+    assert dm.state_dict()["train_loader"] == {"epoch": 0, "batches_done": 8}
+    assert dm.state_dict()["data"]["images"]["train"] == 64  # the description for model cards
     fresh = PretrainDataModule(image_size=32, batch_size=8, synthetic_size=64, num_workers=0)
     fresh.setup("fit")
     fresh.load_state_dict(dm.state_dict())  # before the loader exists: applied when it is built

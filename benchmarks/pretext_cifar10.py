@@ -3,6 +3,8 @@ randomly initialised backbone of the same architecture, measured in the same run
 
     python benchmarks/pretext_cifar10.py                       # CPU budget: 10k images, 4 epochs
     python benchmarks/pretext_cifar10.py --train-images 50000 --epochs 100 --small-input-stem  # GPU
+    python benchmarks/pretext_cifar10.py --methods dino distillation --seeds 0 1 \
+        --teacher runs/simclr/version_0/checkpoints/last.ckpt     # mean ± std over seeds
 
 For each method: pretrain with ``visiontransfer.data.PretrainDataModule`` on a manifest of
 ``--train-images`` files from ``cifar10/train``, then embed a labeled bank (``--bank-per-class``
@@ -10,6 +12,13 @@ training images per class) and ``--query`` test images with the module's own ``f
 report kNN top-1 (k=20, cosine, weighted vote) and linear-probe top-1, next to the same numbers
 for the untrained model. Prints a Markdown table and writes ``results.json`` and the checkpoints
 (for ``benchmarks/transfer_cifar10.py``) under ``--out``.
+
+MAE pretrains a small ViT (ViT-Tiny, 6 blocks, 4-px patches) whatever ``--backbone`` says, and
+distillation a student at most a third of the teacher's size (RegNetX-200MF, 2.3 M parameters, for
+a ResNet-18 teacher of 11.2 M) from ``--teacher`` (a checkpoint or export; without one, a SimCLR
+teacher is pretrained first at the same budget); its row also gives the teacher's own figures.
+Each random init is the same network as the row's. With several ``--seeds`` every figure is a
+mean ± standard deviation over them.
 
 ``--checkpoints rotation=runs/.../last.ckpt ...`` skips pretraining and evaluates checkpoints made
 elsewhere (e.g. ``visiontransfer fit --config configs/pretrain/rotation.yaml``) the same way, each
@@ -25,6 +34,7 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +45,12 @@ from torch.utils.data import DataLoader
 
 from visiontransfer import pretext
 from visiontransfer.backbones.weights import read_backbone_file
-from visiontransfer.callbacks.online_eval import LinearProbe, knn_predict, topk_accuracy
 from visiontransfer.data import ClassificationDataModule, PretrainDataModule
 from visiontransfer.data.datasets import collate_samples
 from visiontransfer.data.index import scan_images
 from visiontransfer.export import load_backbone
 from visiontransfer.pretext.base import PretextModule
+from visiontransfer.probes import LinearProbe, knn_predict, topk_accuracy
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10"
 
@@ -55,14 +65,46 @@ METHODS: dict[str, tuple[type[PretextModule], dict[str, Any]]] = {
         {"patch_size": 16, "patch_stride": 8, "prediction_steps": 2, "context_width": 128, "lr": 1e-3},
     ),
     "simclr": (pretext.SimCLR, {"projection_hidden_dim": 256, "lr": 2e-3, "temperature": 0.5}),
+    "dino": (
+        pretext.DINO,
+        {
+            "out_dim": 2048,
+            "hidden_dim": 1024,
+            "bottleneck_dim": 256,
+            "local_crops": 2,
+            "local_crop_size": 16,
+            "global_crop_scale": (0.25, 1.0),
+            "local_crop_scale": (0.05, 0.25),
+            "blur": False,
+            "base_momentum": 0.99,
+            "freeze_last_layer_epochs": 0,
+            "lr": 2e-3,
+            "weight_decay": 0.04,
+        },
+    ),
+    "mae": (
+        pretext.MAE,
+        {
+            "backbone": "vit_tiny_patch16_224",
+            "small_input_stem": False,
+            "backbone_kwargs": {"img_size": 32, "patch_size": 4, "depth": 6},
+            "decoder_width": 128,
+            "decoder_depth": 2,
+            "lr": 1.5e-3,
+        },
+    ),
+    "distillation": (pretext.Distillation, {"backbone": "regnetx_002", "lr": 2e-3}),  # + the teacher
 }
+"""Each method's module and its arguments at this budget (a ``backbone`` here overrides ``--backbone``)."""
 
 
-def build(method: str, backbone: str, small_stem: bool, seed: int) -> PretextModule:
+def build(method: str, backbone: str, small_stem: bool, seed: int, **extra: Any) -> PretextModule:
     """A fresh (untrained) module of ``method``; the same seed gives the same initial weights."""
     cls, kwargs = METHODS[method]
     torch.manual_seed(seed)
-    return cls(backbone=backbone, small_input_stem=small_stem, warmup_epochs=0.5, **kwargs)
+    return cls(
+        **{"backbone": backbone, "small_input_stem": small_stem, "warmup_epochs": 0.5, **kwargs, **extra}
+    )
 
 
 def from_checkpoint(method: str, path: str, seed: int) -> tuple[PretextModule, PretextModule]:
@@ -73,10 +115,13 @@ def from_checkpoint(method: str, path: str, seed: int) -> tuple[PretextModule, P
 
     def fresh() -> PretextModule:
         torch.manual_seed(seed)
-        return cls(
-            backbone=spec.architecture, small_input_stem=spec.small_input_stem,
-            backbone_kwargs=dict(spec.backbone_kwargs) or None, **kwargs,
-        )  # fmt: skip
+        teacher = {"teacher": "test_resnet", "teacher_pretrained": False} if method == "distillation" else {}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a stand-in teacher: only the backbone is evaluated
+            return cls(**{
+                **kwargs, **teacher, "backbone": spec.architecture, "small_input_stem": spec.small_input_stem,
+                "backbone_kwargs": dict(spec.backbone_kwargs) or None,
+            })  # fmt: skip
 
     trained = fresh()
     trained.backbone.load_state_dict(load_backbone(path).state_dict())
@@ -119,10 +164,13 @@ def eval_sets(data: Path, bank_per_class: int, query: int, image_size: int) -> t
     return dm.datasets["train"], torch.utils.data.Subset(test, picks.tolist()), dm.num_classes
 
 
-def pretrain(model: PretextModule, manifest: Path, args: argparse.Namespace, out: Path, method: str) -> Path:
+def pretrain(
+    model: PretextModule, manifest: Path, args: argparse.Namespace, out: Path, method: str, seed: int
+) -> Path:
+    L.seed_everything(seed)
     data = PretrainDataModule(
         manifest=str(manifest), image_size=32, batch_size=args.batch_size, val_fraction=0.02,
-        num_workers=args.workers, seed=args.seed,
+        num_workers=args.workers, seed=seed,
     )  # fmt: skip
     trainer = L.Trainer(
         max_epochs=args.epochs, accelerator="auto", devices=1, precision=args.precision,
@@ -130,7 +178,7 @@ def pretrain(model: PretextModule, manifest: Path, args: argparse.Namespace, out
         enable_model_summary=False, log_every_n_steps=20, default_root_dir=out,
     )  # fmt: skip
     trainer.fit(model, data)
-    path = out / f"{method}.ckpt"
+    path = out / (f"{method}.ckpt" if seed == args.seeds[0] else f"{method}_seed{seed}.ckpt")
     trainer.save_checkpoint(path)
     return path
 
@@ -161,7 +209,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--query", type=int, default=2000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--precision", default="32-true")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="mean ± std over these seeds")
+    parser.add_argument(
+        "--teacher", help="distillation teacher: a .ckpt or export (default: pretrain SimCLR)"
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/bench_pretext"))
     parser.add_argument(
         "--checkpoints", nargs="+", type=_checkpoint_arg, metavar="METHOD=PATH",
@@ -175,7 +226,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     bank, query, num_classes = eval_sets(args.data, args.bank_per_class, args.query, 32)
     results: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}, "methods": {}}
     for method, path in (args.checkpoints or {}).items():
-        trained, random = from_checkpoint(method, path, args.seed)
+        trained, random = from_checkpoint(method, path, args.seeds[0])
         results["methods"][method] = {
             "random": evaluate(random, bank, query, num_classes),
             "pretrained": evaluate(trained, bank, query, num_classes),
@@ -183,31 +234,67 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "checkpoint": path,
         }
     for method in [] if args.checkpoints else args.methods:
-        results["methods"][method] = pretrain_and_evaluate(method, args, (bank, query, num_classes))
+        extra = {}
+        if method == "distillation":
+            extra = {"teacher": args.teacher or teacher_checkpoint(args, results, (bank, query, num_classes))}
+        runs = [pretrain_and_evaluate(method, args, (bank, query, num_classes), s, extra) for s in args.seeds]
+        results["methods"][method] = summarise(runs, args.seeds)
+        if method == "distillation":
+            teacher, _ = from_checkpoint("simclr", extra["teacher"], args.seeds[0])
+            results["methods"][method]["teacher"] = evaluate(teacher, bank, query, num_classes)
+            results["methods"][method]["teacher_checkpoint"] = extra["teacher"]
     print_table(results)
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
     return results
 
 
+def teacher_checkpoint(args: argparse.Namespace, results: dict[str, Any], sets: tuple[Any, Any, int]) -> str:
+    """The distillation teacher when none is given: this run's SimCLR checkpoint, else one
+    pretrained now at the same budget."""
+    if "simclr" in results["methods"]:
+        return str(results["methods"]["simclr"]["checkpoint"])
+    model = build("simclr", args.backbone, args.small_input_stem, args.seeds[0])
+    manifest = write_manifest(args.data, args.train_images, args.seeds[0], args.out)
+    return str(pretrain(model, manifest, args, args.out, "simclr_teacher", args.seeds[0]))
+
+
 def pretrain_and_evaluate(
-    method: str, args: argparse.Namespace, sets: tuple[Any, Any, int]
+    method: str, args: argparse.Namespace, sets: tuple[Any, Any, int], seed: int, extra: dict[str, Any]
 ) -> dict[str, Any]:
-    """Random-init figures, pretraining, then the pretrained figures of one method."""
-    L.seed_everything(args.seed)
-    random_scores = evaluate(build(method, args.backbone, args.small_input_stem, args.seed), *sets)
-    model = build(method, args.backbone, args.small_input_stem, args.seed)
-    manifest = write_manifest(args.data, args.train_images, args.seed, args.out)
+    """Random-init figures, pretraining, then the pretrained figures of one method and seed."""
+    L.seed_everything(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        random_scores = evaluate(build(method, args.backbone, args.small_input_stem, seed, **extra), *sets)
+    model = build(method, args.backbone, args.small_input_stem, seed, **extra)
+    manifest = write_manifest(args.data, args.train_images, seed, args.out)
     start = time.perf_counter()
-    ckpt = pretrain(model, manifest, args, args.out, method)
+    ckpt = pretrain(model, manifest, args, args.out, method, seed)
     seconds = time.perf_counter() - start
     trained_scores = evaluate(model, *sets)
-    print(f"{method}: pretrained {trained_scores} random {random_scores} ({seconds:.0f} s)", flush=True)
+    print(
+        f"{method} seed {seed}: pretrained {trained_scores} random {random_scores} ({seconds:.0f} s)",
+        flush=True,
+    )
     return {
         "random": random_scores,
         "pretrained": trained_scores,
         "seconds": seconds,
         "checkpoint": str(ckpt),
     }
+
+
+def summarise(runs: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
+    """Mean (``pretrained``, ``random``, ``seconds``) and standard deviation (``*_std``) over seeds,
+    with each seed's figures under ``seeds``."""
+    out: dict[str, Any] = {"seeds": dict(zip(map(str, seeds), runs, strict=True))}
+    for kind in ("pretrained", "random"):
+        values = {k: [r[kind][k] for r in runs] for k in runs[0][kind]}
+        out[kind] = {k: float(np.mean(v)) for k, v in values.items()}
+        out[f"{kind}_std"] = {k: float(np.std(v)) for k, v in values.items()}
+    out["seconds"] = float(np.mean([r["seconds"] for r in runs]))
+    out["checkpoint"] = runs[0]["checkpoint"]
+    return out
 
 
 def _checkpoint_arg(text: str) -> tuple[str, str]:
@@ -226,12 +313,20 @@ def print_table(results: dict[str, Any]) -> None:
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for method, r in results["methods"].items():
-        p, z = r["pretrained"], r["random"]
+
+        def cell(kind: str, metric: str, r: dict[str, Any] = r) -> str:
+            std = r.get(f"{kind}_std")
+            spread = f" ± {std[metric]:.3f}" if std is not None and len(r.get("seeds", {})) > 1 else ""
+            return f"{r[kind][metric]:.3f}{spread}"
+
         took = "-" if r["seconds"] is None else f"{r['seconds']:.0f} s"
         rows.append(
-            f"| {method} | {p['knn_top1']:.3f} | {z['knn_top1']:.3f} | {p['probe_top1']:.3f} | "
-            f"{z['probe_top1']:.3f} | {took} |"
+            f"| {method} | {cell('pretrained', 'knn_top1')} | {cell('random', 'knn_top1')} | "
+            f"{cell('pretrained', 'probe_top1')} | {cell('random', 'probe_top1')} | {took} |"
         )
+        if "teacher" in r:
+            t = r["teacher"]
+            rows.append(f"| (its teacher) | {t['knn_top1']:.3f} | | {t['probe_top1']:.3f} | | |")
     print("\n".join(rows), flush=True)
 
 

@@ -29,9 +29,11 @@ import torch
 import yaml
 from ddp_harness import job, launch
 from ddp_helpers import (
+    EMBED_IMAGES,
     FIT_CASES,
     STEPS,
     WRITER_CASES,
+    embed_case,
     fit_case,
     online_eval_case,
     predict_case,
@@ -56,6 +58,7 @@ def two_processes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     jobs += [job("ddp_helpers:predict_case", case=case, out=str(folder)) for case in WRITER_CASES]
     jobs += [job("ddp_helpers:online_eval_case", weights=str(weights), out=str(folder))]
     jobs += [job("ddp_helpers:unfreeze_case", out=str(folder))]
+    jobs += [job("ddp_helpers:embed_case", out=str(folder))]
     launch(jobs, folder)
     return folder
 
@@ -140,6 +143,22 @@ def test_gradual_unfreezing_keeps_the_ranks_in_step(two_processes: Path) -> None
     # After 3 epochs (current_epoch is 3 at the end) three stages have been released.
     backbone = RotationPrediction(backbone="resnet10t", small_input_stem=False).backbone
     assert int(frozen) == len(backbone_stages(backbone)) - 3
+
+
+@pytest.mark.slow
+def test_embed_with_two_processes_writes_every_image_once(two_processes: Path, tmp_path: Path) -> None:
+    """Each process embeds its own chunks (5 and 4 of 9); rank 0 merges them: every image once, in
+    order, the same rows as one process writes."""
+    from visiontransfer.features import Embeddings
+
+    embed_case(devices=1, out=str(tmp_path))
+    one, two = Embeddings.load(tmp_path / "embed_1"), Embeddings.load(two_processes / "embed_2")
+    assert two.index.tolist() == one.index.tolist() == list(range(EMBED_IMAGES))
+    assert two.meta["written_by_ranks"] == [0, 1] and one.meta["written_by_ranks"] == [0]
+    assert list(two.paths) == list(one.paths) and two.labels.tolist() == one.labels.tolist()
+    torch.testing.assert_close(
+        torch.from_numpy(two.vectors[:]), torch.from_numpy(one.vectors[:]), rtol=1e-4, atol=1e-5
+    )
 
 
 @pytest.mark.slow

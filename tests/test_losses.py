@@ -8,7 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from visiontransfer.losses import info_nce, nt_xent
+from visiontransfer.losses import (
+    dino_loss,
+    feature_distillation_loss,
+    info_nce,
+    masked_patch_mse,
+    nt_xent,
+)
 
 
 def test_info_nce_hand_computed() -> None:
@@ -75,3 +81,120 @@ def test_nt_xent_errors() -> None:
         nt_xent(torch.zeros(2, 3), torch.zeros(3, 3))
     with pytest.raises(ValueError):
         nt_xent(torch.ones(2, 3), torch.ones(2, 3), temperature=0)
+
+
+# -- DINO, MAE, distillation ---------------------------------------------------------------------
+def test_dino_loss_hand_computed() -> None:
+    # K = 2, B = 1, two views. Teacher view 0 -> softmax [1/4, 3/4], view 1 -> [1/2, 1/2];
+    # student view 0 -> [1/2, 1/2], view 1 -> [3/4, 1/4]. Pairs (t0, s1) and (t1, s0).
+    teacher = torch.tensor([[[0.0, math.log(3.0)]], [[0.0, 0.0]]])
+    student = torch.tensor([[[0.0, 0.0]], [[math.log(3.0), 0.0]]])
+    pair_01 = -(0.25 * math.log(0.75) + 0.75 * math.log(0.25))
+    pair_10 = math.log(2.0)
+    loss = dino_loss(student, teacher, torch.zeros(2), student_temperature=1.0, teacher_temperature=1.0)
+    assert loss.item() == pytest.approx((pair_01 + pair_10) / 2, abs=1e-6)
+
+
+def test_dino_loss_centering_sharpening_and_local_views() -> None:
+    # Centering by the teacher's own logits makes both teacher targets uniform; with a third
+    # (local) student view there are 4 pairs: (0, 1), (0, 2), (1, 0), (1, 2).
+    teacher = torch.tensor([[[0.0, math.log(3.0)]], [[0.0, math.log(3.0)]]])
+    student = torch.tensor([[[0.0, 0.0]], [[math.log(3.0), 0.0]], [[0.0, math.log(3.0)]]])
+    center = torch.tensor([0.0, math.log(3.0)])
+    uniform_vs_3_1 = -(0.5 * math.log(0.75) + 0.5 * math.log(0.25))
+    expected = (uniform_vs_3_1 + uniform_vs_3_1 + math.log(2.0) + uniform_vs_3_1) / 4
+    loss = dino_loss(student, teacher, center, 1.0, 1.0)
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+    # Sharpening: teacher temperature 0.5 squares the odds, [1/4, 3/4] -> [1/10, 9/10].
+    one = dino_loss(student[:2], teacher[:1], torch.zeros(2), 1.0, 0.5)  # the pair (t0, s1)
+    assert one.item() == pytest.approx(-(0.1 * math.log(0.75) + 0.9 * math.log(0.25)), abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "student,teacher,center,kwargs,match",
+    [
+        (torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(3), {}, "needs"),
+        (torch.zeros(2, 1, 3), torch.zeros(3, 1, 3), torch.zeros(3), {}, "teacher views"),
+        (torch.zeros(1, 1, 3), torch.zeros(1, 1, 3), torch.zeros(3), {}, "Vs >= 2"),
+        (torch.zeros(2, 1, 3), torch.zeros(2, 1, 3), torch.zeros(4), {}, "center"),
+        (
+            torch.zeros(2, 1, 3),
+            torch.zeros(2, 1, 3),
+            torch.zeros(3),
+            {"teacher_temperature": 0},
+            "teacher_temperature=0",
+        ),
+        (
+            torch.zeros(2, 1, 3),
+            torch.zeros(2, 1, 3),
+            torch.zeros(3),
+            {"student_temperature": -1},
+            "student_temperature=-1",
+        ),
+    ],
+)
+def test_dino_loss_errors(
+    student: torch.Tensor, teacher: torch.Tensor, center: torch.Tensor, kwargs: dict, match: str
+) -> None:
+    with pytest.raises(ValueError, match=match):
+        dino_loss(student, teacher, center, **kwargs)
+
+
+def test_masked_patch_mse_hand_computed() -> None:
+    pred = torch.zeros(1, 2, 2)
+    target = torch.tensor([[[1.0, 3.0], [5.0, 5.0]]])
+    # Patch 0 normalised: mean 2, unbiased variance 2 -> [-1, 1] / sqrt(2 + eps): squared mean 1 / (2 + eps).
+    # Patch 1 is flat: normalised to 0, so its error against 0 is 0.
+    eps = 1e-6
+    only_first = masked_patch_mse(pred, target, torch.tensor([[1.0, 0.0]]), eps=eps)
+    assert only_first.item() == pytest.approx(1 / (2 + eps), rel=1e-6)
+    both = masked_patch_mse(pred, target, torch.tensor([[1.0, 1.0]]), eps=eps)
+    assert both.item() == pytest.approx(0.5 / (2 + eps), rel=1e-6)
+    raw = masked_patch_mse(pred, target, torch.tensor([[1.0, 0.0]]), normalize_target=False)
+    assert raw.item() == pytest.approx((1 + 9) / 2)
+    # Visible patches don't count: a wrong prediction there changes nothing.
+    pred_visible_wrong = pred.clone()
+    pred_visible_wrong[0, 1] = 100.0
+    assert masked_patch_mse(pred_visible_wrong, target, torch.tensor([[1.0, 0.0]])).item() == pytest.approx(
+        only_first.item()
+    )
+    assert masked_patch_mse(pred, target, torch.zeros(1, 2)).item() == 0.0
+
+
+def test_masked_patch_mse_errors() -> None:
+    with pytest.raises(ValueError, match="one"):
+        masked_patch_mse(torch.zeros(1, 2, 2), torch.zeros(1, 2, 3), torch.ones(1, 2))
+    with pytest.raises(ValueError, match="mask"):
+        masked_patch_mse(torch.zeros(1, 2, 2), torch.zeros(1, 2, 2), torch.ones(1, 3))
+    with pytest.raises(ValueError, match="P=1"):
+        masked_patch_mse(torch.zeros(1, 2, 1), torch.zeros(1, 2, 1), torch.ones(1, 2))
+    with pytest.raises(ValueError, match="eps=0"):
+        masked_patch_mse(torch.zeros(1, 2, 2), torch.zeros(1, 2, 2), torch.ones(1, 2), eps=0)
+
+
+def test_feature_distillation_loss_hand_computed() -> None:
+    student = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    teacher = torch.tensor([[1.0, 1.0], [0.0, 5.0]])  # cosines 1/sqrt(2) and 1
+    cosine = feature_distillation_loss(student, teacher, "cosine")
+    assert cosine.item() == pytest.approx((1 - 1 / math.sqrt(2) + 0.0) / 2, abs=1e-6)
+    mse = feature_distillation_loss(student, teacher, "mse")
+    assert mse.item() == pytest.approx((0 + 1 + 0 + 9) / 4)
+    # Maps: one vector per location along dim 1; (B=1, D=2, H=1, W=2) holds the two rows above.
+    maps = feature_distillation_loss(student.t().reshape(1, 2, 1, 2), teacher.t().reshape(1, 2, 1, 2))
+    assert maps.item() == pytest.approx(cosine.item(), abs=1e-6)
+
+
+def test_feature_distillation_loss_gradient_reaches_student_only() -> None:
+    student = torch.randn(3, 4, requires_grad=True)
+    teacher = torch.randn(3, 4, requires_grad=True)
+    feature_distillation_loss(student, teacher).backward()
+    assert student.grad is not None and teacher.grad is None
+
+
+def test_feature_distillation_loss_errors() -> None:
+    with pytest.raises(ValueError, match="one"):
+        feature_distillation_loss(torch.zeros(2, 3), torch.zeros(2, 4))
+    with pytest.raises(ValueError, match="one"):
+        feature_distillation_loss(torch.zeros(2, 3, 4), torch.zeros(2, 3, 4))
+    with pytest.raises(ValueError, match="metric='l1'"):
+        feature_distillation_loss(torch.zeros(2, 3), torch.zeros(2, 3), "l1")

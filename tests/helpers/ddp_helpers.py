@@ -70,10 +70,14 @@ FIT_CASES: dict[str, tuple[str, dict[str, Any]]] = {
     "colorization": ("pretrain/colorization_quick.yaml", {"prior_batches": 2}),
     "contrastive_patches": ("pretrain/contrastive_patches_quick.yaml", {"augment_patches": False}),
     "simclr": ("pretrain/simclr_quick.yaml", {"class_path": "ddp_helpers.FixedViewsSimCLR"}),
+    # DINO and MAE draw their views and masks per image from its seed: no need to fix them.
+    "dino": ("pretrain/dino_quick.yaml", {}),
+    "mae": ("pretrain/mae_quick.yaml", {}),
     "classification": ("transfer/quickstart_finetune.yaml", {"samples_per_class": None}),
     # RetinaNet: its loss is a mean over images (FCOS normalises by the batch's foreground count
     # and Faster R-CNN samples anchors at random, so neither is comparable step for step).
     "detection": ("transfer/detect_retinanet.yaml", {"backbone": "resnet10t", "fpn_channels": 32}),
+    "segmentation": ("transfer/segment_quick.yaml", {"dropout": 0.0}),  # no random dropout masks
 }
 """Config and model arguments of each module the 1-vs-2-process test fits. SGD for all: Adam's
 first steps are ``lr · sign(g)``, so a gradient near zero whose sign the sum order flips moves a
@@ -209,3 +213,18 @@ def unfreeze_case(devices: int, out: str) -> None:
         enable_checkpointing=False, callbacks=[CheckSynchronised(str(Path(out) / f"unfreeze_{devices}.txt"))],
     )  # fmt: skip
     trainer.fit(model, data)
+
+
+EMBED_IMAGES = 36
+"""Images of the embedded set in the embedding case: 9 chunks of 4, dealt 5 / 4 to 2 processes."""
+
+
+def embed_case(devices: int, out: str) -> None:
+    """``visiontransfer.embed`` of the embedded set in chunks of 4: ``out/embed_<devices>/``."""
+    import visiontransfer
+
+    visiontransfer.embed(
+        "test_resnet", str(Path(out) / f"embed_{devices}"), synthetic_size=EMBED_IMAGES, image_size=32,
+        batch_size=4, chunk_size=4, num_workers=0, accelerator="cpu", devices=devices,
+        strategy="ddp" if devices > 1 else "auto", progress=False,
+    )  # fmt: skip

@@ -25,6 +25,16 @@ METHODS: dict[str, Callable[[], PretextModule]] = {
         patch_size=16, patch_stride=8, prediction_steps=2, context_width=16, context_depth=1, **TINY
     ),
     "simclr": lambda: pretext.SimCLR(projection_hidden_dim=16, **TINY),
+    "dino": lambda: pretext.DINO(out_dim=32, hidden_dim=16, bottleneck_dim=8, local_crops=2, **TINY),
+    "mae": lambda: pretext.MAE(
+        backbone="test_vit",
+        small_input_stem=False,
+        backbone_kwargs={"img_size": 32, "patch_size": 4},
+        decoder_width=16,
+        decoder_depth=1,
+    ),
+    "distillation": lambda: pretext.Distillation(teacher="test_resnet", targets="both", **TINY),
+    "byol": lambda: pretext.BYOL(projection_dim=8, hidden_dim=16, **TINY),
 }
 if hasattr(pretext, "Colorization"):
     METHODS["colorization"] = lambda: pretext.Colorization(decoder_width=16, prior_batches=1, **TINY)

@@ -16,11 +16,16 @@ import os
 from typing import Any, TypeVar
 
 import lightning as L
+import torch
 import torch.distributed as dist
+import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor
 
 from visiontransfer.checkpoint_io import atomic_write
+from visiontransfer.data.decode import UnreadableImageError, load_rgb
 from visiontransfer.data.protocol import DetectionData, ImageData, LabeledData
+from visiontransfer.data.segmentation import colorize, palette
 
 Row = TypeVar("Row", bound=tuple[Any, ...])
 
@@ -57,6 +62,19 @@ def write_json(path: str, data: Any) -> None:
     atomic_write(path, dump)
 
 
+def write_csv(path: str, header: list[str], rows: list[list[Any]]) -> None:
+    """A CSV file of ``header`` and ``rows`` at ``path`` (folders created), atomically."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+
+    def write(temp: str) -> None:
+        with open(temp, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(header)
+            writer.writerows(rows)
+
+    atomic_write(path, write)
+
+
 def _datamodule(trainer: L.Trainer) -> Any:
     return getattr(trainer, "datamodule", None)
 
@@ -75,6 +93,12 @@ def class_names_of(trainer: L.Trainer, pl_module: L.LightningModule) -> list[str
         return list(names)
     data = _datamodule(trainer)
     return list(data.classes) if isinstance(data, LabeledData) else None
+
+
+def image_stem(source: str, index: int) -> str:
+    """File name (without extension) for what is written about predicted item ``index``: the stem
+    of its source file, or ``image_NNNNNN`` when it came from no file (the embedded set)."""
+    return os.path.splitext(os.path.basename(source))[0] if os.sep in source else f"image_{index:06d}"
 
 
 class PredictionWriter(L.Callback):
@@ -107,18 +131,10 @@ class PredictionWriter(L.Callback):
         if not trainer.is_global_zero:
             return
         names = class_names_of(trainer, pl_module)
-        os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-
-        def write(temp: str) -> None:
-            with open(temp, "w", newline="") as handle:
-                writer = csv.writer(handle)
-                writer.writerow(["path", "predicted_class", "probability"])
-                for index, pred, prob in rows:
-                    writer.writerow(
-                        [source_of(trainer, index), names[pred] if names else pred, f"{prob:.6f}"]
-                    )
-
-        atomic_write(out, write)
+        lines = [
+            [source_of(trainer, i), names[pred] if names else pred, f"{prob:.6f}"] for i, pred, prob in rows
+        ]
+        write_csv(out, ["path", "predicted_class", "probability"], lines)
         print(f"predictions written to {out}")
 
 
@@ -190,8 +206,7 @@ class DetectionWriter(L.Callback):
             image, det["input_boxes"][keep].cpu(), labels=labels, colors="red", width=2
         )
         os.makedirs(self._draw_folder, exist_ok=True)
-        source = source_of(trainer, index)
-        stem = os.path.splitext(os.path.basename(source))[0] if os.sep in source else f"image_{index:06d}"
+        stem = image_stem(source_of(trainer, index), index)
         Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(os.path.join(self._draw_folder, f"{stem}.png"))
         self.drawn += 1
 
@@ -223,3 +238,107 @@ class DetectionWriter(L.Callback):
             {"images": list(images.values()), "categories": categories},
         )
         print(f"{len(results)} detections on {len(images)} images written to {out}")
+
+
+class SegmentationWriter(L.Callback):
+    """Write ``predict`` results of a segmenter: each image's predicted class mask as a PNG at the
+    image's original size, a colour overlay, and an index CSV (under DDP each process writes the
+    files of its own images; rank 0 writes the index of all).
+
+    Masks are palette PNGs (up to 256 classes; 16-bit greyscale above): the pixel values are the
+    class indices, as in Pascal VOC's ``SegmentationClass``, and image viewers show the palette's
+    colours (:func:`~visiontransfer.data.segmentation.palette`). Overlays blend those colours into
+    the original image. ``path`` lists, per image, its source, mask and overlay files.
+
+    Args:
+        path: Output CSV index (relative paths go into the run's log folder).
+        mask_dir: Folder of the mask PNGs (relative: in the log folder).
+        overlay_dir: Folder of the overlays (relative: in the log folder); None: no overlays.
+        alpha: Opacity of the class colours in the overlays.
+    """
+
+    def __init__(
+        self,
+        path: str = "segmentation.csv",
+        mask_dir: str = "masks",
+        overlay_dir: str | None = "overlays",
+        alpha: float = 0.5,
+    ) -> None:
+        if not 0 <= alpha <= 1:
+            raise ValueError(f"SegmentationWriter alpha={alpha} must be in [0, 1]")
+        self.path, self.mask_dir, self.overlay_dir, self.alpha = path, mask_dir, overlay_dir, alpha
+        self.rows: list[tuple[int, str, str]] = []
+        self._folders: tuple[str, str | None] | None = None
+
+    def on_predict_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.rows = []
+        # Resolved here, on every process at once (the log folder is a collective under DDP).
+        overlays = None if self.overlay_dir is None else output_path(trainer, self.overlay_dir)
+        self._folders = (output_path(trainer, self.mask_dir), overlays)
+        for folder in self._folders:
+            if folder is not None:
+                os.makedirs(folder, exist_ok=True)
+
+    def on_predict_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:  # fmt: skip
+        assert self._folders is not None
+        mask_folder, overlay_folder = self._folders
+        classes = int(getattr(pl_module, "num_classes", 0)) or len(class_names_of(trainer, pl_module) or [])
+        for k, (index, mask) in enumerate(zip(outputs["index"].tolist(), outputs["masks"], strict=True)):
+            source = source_of(trainer, index)
+            stem = image_stem(source, index)
+            mask = mask.cpu()
+            mask_file = os.path.join(mask_folder, f"{stem}.png")
+            _save(_mask_png(mask, classes), mask_file, "PNG")
+            overlay_file = ""
+            if overlay_folder is not None:
+                overlay_file = os.path.join(overlay_folder, f"{stem}.jpg")
+                image = _original_image(source, batch["image"][k], batch["size"][k].tolist(), mask.shape)
+                blended = _overlay(image, mask, classes, self.alpha)
+                _save(blended, overlay_file, "JPEG")
+            self.rows.append((index, mask_file, overlay_file))
+
+    def on_predict_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        out = output_path(trainer, self.path)
+        rows = gather_rows(trainer, self.rows)
+        if not trainer.is_global_zero:
+            return
+        write_csv(out, ["path", "mask", "overlay"], [[source_of(trainer, i), m, o] for i, m, o in rows])
+        print(f"{len(rows)} predicted masks written beside {out} (the index)")
+
+
+def _save(image: Image.Image, path: str, format: str) -> None:
+    atomic_write(path, lambda temp: image.save(temp, format=format))
+
+
+def _mask_png(mask: Tensor, num_classes: int) -> Image.Image:
+    """A class-index mask ``(H, W)`` as a PIL image: palette PNG up to 256 classes, else 16-bit."""
+    values = mask.numpy()
+    if num_classes > 256:
+        return Image.fromarray(values.astype("uint16"))
+    image = Image.fromarray(values.astype("uint8"))
+    image.putpalette(palette(256).flatten().tolist())  # the greyscale image becomes a palette image
+    return image
+
+
+def _original_image(source: str, network_input: Tensor, size: list[int], shape: tuple[int, ...]) -> Tensor:
+    """``(3, H0, W0)`` uint8: the source file when it can be read at the mask's size, else the
+    network input (its unpadded part) resized to it."""
+    if os.path.isfile(source):
+        try:
+            image = torch.from_numpy(load_rgb(source)).permute(2, 0, 1)
+            if tuple(image.shape[1:]) == tuple(shape):
+                return image
+        except UnreadableImageError:
+            pass
+    own = network_input[:3, : size[0], : size[1]].cpu().float()[None]
+    return F.interpolate(own, size=tuple(shape), mode="bilinear", align_corners=False)[0].round().byte()
+
+
+def _overlay(image: Tensor, mask: Tensor, num_classes: int, alpha: float) -> Image.Image:
+    """The image with the class colours of ``mask`` blended in (opacity ``alpha``), as a PIL image."""
+    colours = colorize(mask, max(num_classes, int(mask.max()) + 1)).float()  # (3, H, W)
+    blended = (1 - alpha) * image.float() + alpha * colours
+    return Image.fromarray(blended.round().clamp(0, 255).byte().permute(1, 2, 0).numpy())

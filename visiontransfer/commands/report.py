@@ -5,7 +5,11 @@ recipe config of ``configs/transfer/`` (``linear_probe.yaml``, ``finetune.yaml``
 file given to ``--recipes``), on a stratified, seeded subset of the training labels of a
 class-folder tree (``ROOT/train/<class>/<image>``, ``ROOT/test/<class>/<image>``; the recipe's
 ``val_fraction`` of the training images is held out first), then tested on ``ROOT/test``. So any
-cell is reproduced by the command ``report.md`` prints for it. The random-init ("scratch")
+cell is reproduced by the command ``report.md`` prints for it. Segmentation recipes
+(``segment_fpn.yaml``, ``segment_deeplab.yaml``) run the same way on a segmentation set with
+train and test splits (``ROOT/images/{train,test}/`` with ``ROOT/masks/{train,test}/``, or Pascal
+VOC's ``ImageSets/Segmentation/{train,test}.txt``), a seeded share of the training images kept,
+and report ``--metric test/miou``. The random-init ("scratch")
 baseline of the same architecture and stem as each pretrained backbone is always added. The run
 writes, under ``--out``:
 
@@ -44,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 from visiontransfer.backbones import BackboneSpec
 from visiontransfer.checkpoint_io import atomic_write
 from visiontransfer.commands.lightning_cli import config_dir, fit_then_test
+from visiontransfer.data.segmentation.records import segmentation_splits
 from visiontransfer.errors import ConfigError, MissingPathError
 from visiontransfer.stats import mean_std
 
@@ -74,8 +79,8 @@ class Settings:
     Fields left None take the recipe's value.
 
     Attributes:
-        data: Labeled set: a folder with ``train/`` and ``test/`` class-folder trees; None: the
-            embedded procedural set.
+        data: Labeled set: a folder with ``train/`` and ``test/`` class-folder trees, or a
+            segmentation set with train and test splits; None: the embedded procedural set.
         image_size: Side of the images fed to the model, in pixels.
         batch_size: Training and test batch size.
         base_epochs: Epochs at 1% of the labels; larger fractions get fewer (:func:`epochs_for`).
@@ -191,7 +196,7 @@ class Cell:
 
 @dataclass(frozen=True)
 class SummaryRow:
-    """Test top-1 of one backbone, recipe and fraction over seeds."""
+    """The test metric of one backbone, recipe and fraction over seeds."""
 
     backbone: str
     recipe: str
@@ -335,7 +340,7 @@ def cell_args(backbone: Backbone, recipe: str, fraction: float, seed: int, setti
 
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
+def quiet() -> Iterator[None]:
     """Silence Lightning's per-run banners and small-data warnings (dozens of runs per report)."""
     from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
@@ -365,8 +370,10 @@ def run_cell(backbone: Backbone, recipe: str, fraction: float, seed: int, settin
     """
     args = cell_args(backbone, recipe, fraction, seed, settings)
     start = time.perf_counter()
-    with _quiet():
-        cli, metrics = fit_then_test([*args, *RUN_ONLY, f"--data.num_workers={settings.workers}"])
+    with quiet():
+        cli, metrics = fit_then_test(
+            [*args, *RUN_ONLY, f"--data.num_workers={settings.workers}"], save_config=False
+        )
     if settings.metric not in metrics:
         raise ConfigError(
             f"--recipes {recipe}: its test gives {sorted(metrics)}, not {settings.metric!r}; "
@@ -485,7 +492,7 @@ def percent(fraction: float) -> str:
 
 def format_table(rows: Sequence[SummaryRow]) -> str:
     """Markdown table: one row per backbone and recipe, one column per fraction (with its label
-    count), cells ``mean ± std`` of test top-1."""
+    count), cells ``mean ± std`` of the test metric."""
     fractions = sorted({r.fraction for r in rows})
     labels = {r.fraction: r.labels for r in rows}
     lines = [
@@ -675,7 +682,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Transfer pretrained backbones and their random-init baselines at several label "
         "fractions and seeds; write report.md, report.png and cells.jsonl (resumable) under --out.",
     )
-    parser.add_argument("--data", required=True, help="folder with train/ and test/ class-folder trees")
+    parser.add_argument(
+        "--data", required=True,
+        help="folder with train/ and test/ class-folder trees, or a segmentation set with train and test "
+        "splits (images/ and masks/, or Pascal VOC)",
+    )  # fmt: skip
     parser.add_argument("--backbones", nargs="+", required=True, metavar="[NAME=]PATH",
                         help="pretext .ckpt files or export folders")  # fmt: skip
     parser.add_argument(
@@ -703,14 +714,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check_data(root: str) -> None:
-    """``--data`` must hold ``train/`` and ``test/`` folders."""
+    """``--data`` must hold a training and a test split: ``train/`` and ``test/`` folders (class
+    trees), or a segmentation layout naming both."""
     if not os.path.isdir(root):
         raise MissingPathError(f"--data={root!r} does not exist or is not a folder")
     missing = [split for split in ("train", "test") if not os.path.isdir(os.path.join(root, split))]
+    segmentation = segmentation_splits(root)
+    if segmentation:
+        missing = [split for split in ("train", "test") if split not in segmentation]
     if missing:
+        layout = (
+            "images/<split>/ with masks/<split>/, or Pascal VOC's ImageSets/Segmentation/<split>.txt"
+            if segmentation
+            else "train/<class>/<image> and test/<class>/<image>"
+        )
         raise MissingPathError(
-            f"--data={root!r} has no {' or '.join(f'{m}/' for m in missing)} folder: give a folder "
-            "with train/<class>/<image> and test/<class>/<image>"
+            f"--data={root!r} has no {' or '.join(f'{m}/' for m in missing)} split: give a folder "
+            f"with {layout}"
         )
 
 

@@ -7,15 +7,23 @@ them from the top during training (``unfreeze_every_n_epochs``), scales the lear
 stage (``layer_decay``) and keeps BatchNorm in train, eval or frozen mode (``bn_mode``). Why the
 schedule is a function of the epoch, and frozen gradients are dropped rather than never computed:
 see :mod:`~visiontransfer.transfer.freezing` (exact resumes, DDP).
+
+Deployment contract: every task module offers :meth:`TransferModule.inference_model`, a plain
+eval-mode ``nn.Module`` (no Lightning) that takes ``(B, 3, H, W)`` uint8 images, as the datamodules
+batch them, and returns the task's outputs with the preprocessing included;
+``visiontransfer export`` turns it into ONNX or a ``torch.export`` program. Checkpoints of transfer
+modules also carry the metrics logged last (:data:`METRICS_KEY`), for model cards.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from visiontransfer.errors import ConfigError, require
 from visiontransfer.system import BackboneSystem
@@ -29,6 +37,10 @@ from visiontransfer.transfer.freezing import (
     set_requires_grad,
     stage_of_parameter,
 )
+
+METRICS_KEY = "visiontransfer_metrics"
+"""Checkpoint entry with the scalar metrics logged last (``val/top1``...: what the trainer held when
+the checkpoint was written), read by ``visiontransfer export`` for the model card."""
 
 Strategy = Literal["finetune", "linear_probe"]
 """``linear_probe``: the whole backbone frozen, BatchNorm statistics kept; ``finetune``: the
@@ -92,6 +104,27 @@ class TransferModule(BackboneSystem):
             set_requires_grad(self.backbone, self._frozen_names(self.frozen_stages), False)
         if self.bn_mode == "frozen":
             self._freeze_batchnorm(bool(kwargs.get("pretrained", False)))
+
+    def inference_model(self) -> nn.Module:
+        """The trained network as a plain eval-mode ``nn.Module`` for deployment (a copy: this module
+        is left as it is): ``(B, 3, H, W)`` uint8 images in, the task's outputs out, preprocessing
+        included (normalisation; the CIE L lightness for a single-channel backbone). Task modules
+        implement it; ``visiontransfer export --format onnx|torch-export`` exports it.
+
+        Raises:
+            NotImplementedError: a task module without one.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} has no inference_model(): implement it (a plain nn.Module from "
+            "(B, 3, H, W) uint8 images to the task's outputs) to export the whole model, or export "
+            "its backbone alone (visiontransfer export --backbone-only)"
+        )
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """The backbone block (see the base), and the metrics logged last (:data:`METRICS_KEY`)."""
+        super().on_save_checkpoint(checkpoint)
+        if self._trainer is not None:
+            checkpoint[METRICS_KEY] = scalar_metrics(self._trainer.callback_metrics)
 
     @property
     def class_names(self) -> list[str]:
@@ -177,3 +210,13 @@ class TransferModule(BackboneSystem):
             }
             for (stage, no_decay), params in sorted(groups.items())
         ]
+
+
+def scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The finite scalar entries of a metrics mapping (``trainer.callback_metrics``), as floats."""
+    out = {}
+    for name, value in sorted(metrics.items()):
+        number = value.item() if isinstance(value, Tensor) and value.numel() == 1 else value
+        if isinstance(number, int | float) and not isinstance(number, bool) and math.isfinite(number):
+            out[name] = float(number)
+    return out

@@ -3,6 +3,7 @@ name, a fresh head, and the freeze policies of :class:`~visiontransfer.transfer.
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Literal
 
 import torch.nn.functional as F
@@ -13,7 +14,45 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 from visiontransfer.errors import ConfigError, require
 from visiontransfer.heads import MLPHead
 from visiontransfer.imagelog import save_confusion_matrix
+from visiontransfer.system import normalize_images
 from visiontransfer.transfer.base import TransferModule
+
+
+class ClassificationNetwork(nn.Module):
+    """The classifier as a plain module for deployment: ``(B, 3, H, W)`` uint8 images → logits
+    ``(B, num_classes)`` (or their softmax), the backbone's normalisation included (RGB for a
+    single-channel backbone: its CIE L lightness). No Lightning; exportable to ONNX and by
+    ``torch.export`` with a dynamic batch (and image size, where the backbone takes any).
+
+    Args:
+        backbone: The pooled timm model.
+        head: The classification head, ``(B, num_features)`` → ``(B, num_classes)``.
+        mean: ``(1, C, 1, 1)`` pixel mean of the backbone, in 0..255.
+        std: ``(1, C, 1, 1)`` pixel std, in 0..255.
+        softmax: Return class probabilities instead of logits.
+
+    Attributes:
+        output_names: The output's name in exported files (``logits`` or ``probabilities``).
+    """
+
+    mean: Tensor
+    std: Tensor
+
+    def __init__(
+        self, backbone: nn.Module, head: nn.Module, mean: Tensor, std: Tensor, softmax: bool = False
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.register_buffer("mean", mean.clone())
+        self.register_buffer("std", std.clone())
+        self.softmax = softmax
+        self.output_names = ("probabilities",) if softmax else ("logits",)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """``(B, 3, H, W)`` uint8 → ``(B, num_classes)`` float logits (probabilities with ``softmax``)."""
+        logits = self.head(self.backbone(normalize_images(images, self.mean, self.std)))
+        return logits.softmax(dim=1) if self.softmax else logits
 
 
 class ImageClassifier(TransferModule):
@@ -63,11 +102,20 @@ class ImageClassifier(TransferModule):
             }
         )
         self._labels_checked: set[str] = set()
+        self.last_confusion: dict[str, Tensor] = {}
+        """The confusion matrix of the last validation or test epoch (rows: true), by stage."""
 
     # -- steps ----------------------------------------------------------------------------------
     def forward(self, images: Tensor) -> Tensor:
         """Class logits ``(B, num_classes)`` of ``(B, C, H, W)`` uint8 images."""
         return self.head(self.features(images))
+
+    def inference_model(self, softmax: bool = False) -> ClassificationNetwork:
+        """A copy of the classifier as a plain eval-mode module (:class:`ClassificationNetwork`):
+        ``(B, 3, H, W)`` uint8 → logits ``(B, num_classes)``, or probabilities with ``softmax``."""
+        backbone, head = copy.deepcopy((self.backbone, self.head))
+        network = ClassificationNetwork(backbone, head, self.pixel_mean, self.pixel_std, softmax)
+        return network.to(self.pixel_mean.device).eval().requires_grad_(False)
 
     def _check_labels(self, labels: Tensor, stage: str) -> None:
         """Once per stage of a run: the data's labels must fit the head (a Python user may pass
@@ -133,6 +181,7 @@ class ImageClassifier(TransferModule):
         if stage == "test":
             for name, value in zip(names, per_class.tolist(), strict=False):
                 self.log(f"test/acc_{name}", float(value))
+        self.last_confusion[stage] = confusion.cpu()
         if self.trainer.is_global_zero:
             save_confusion_matrix(self, f"{stage}_confusion", confusion.cpu(), names)
         self._metric(stage, "per_class").reset()

@@ -14,12 +14,19 @@ torchvision's contract, kept here: images go in as float ``[0, 1]`` (the detecto
 R-CNN's ``num_classes`` counts the background. The data's labels are ``1..C`` (0: background);
 RetinaNet and FCOS have no background class, so their labels are shifted to ``0..C-1`` on the way
 in and back on the way out.
+
+Deployment (:meth:`ObjectDetector.inference_model`, :class:`DetectionNetwork`): one ``(1, 3, H, W)``
+uint8 image → ``boxes``, ``scores``, ``labels``, which torchvision's detectors export to ONNX
+through the TorchScript tracer (opset 11 or later; any image size, a batch of one image: their
+postprocessing is a Python loop over images). Their postprocessing (batched NMS over a
+data-dependent number of boxes) is beyond ``torch.export``.
 """
 
 from __future__ import annotations
 
+import copy
 from collections import OrderedDict
-from typing import Any, Literal, cast
+from typing import Any, ClassVar, Literal, cast
 
 import torch
 from torch import Tensor, nn
@@ -97,6 +104,60 @@ class TimmFPNBackbone(nn.Module):
         """``(B, C, H, W)`` → ``{"0": ..., "pool"}`` (or ``"p6", "p7"``), each ``(B, out_channels, h, w)``."""
         maps = self.body(x)
         return self.fpn(OrderedDict(zip(self.level_names, maps, strict=True)))
+
+
+def detector_inputs(images: list[Tensor] | Tensor, in_chans: int) -> list[Tensor]:
+    """``(3, H, W)`` uint8 images → float ``[0, 1]`` (the detector normalises them itself).
+
+    A single-channel backbone (e.g. pretrained by colorization) gets the CIE L lightness
+    (:func:`~visiontransfer.color.match_channels`).
+    """
+    return [match_channels(image[None].float() / 255.0, in_chans)[0] for image in images]
+
+
+class DetectionNetwork(nn.Module):
+    """The detector as a plain module for deployment: one ``(1, 3, H, W)`` uint8 image →
+    ``boxes`` ``(N, 4)`` xyxy in the image's pixels, ``scores`` ``(N,)`` and ``labels`` ``(N,)`` in
+    ``1..num_classes``, after the detector's own resize, normalisation, score threshold and NMS.
+    No Lightning.
+
+    Args:
+        backbone: The timm model (registered here: the pyramid refers to it without owning it).
+        detector: The torchvision detector over that backbone's pyramid.
+        in_chans: Input channels of the backbone (1: it sees the CIE L lightness).
+        label_offset: Added to the detector's labels (1 for the detectors without a background class).
+
+    Attributes:
+        output_names: Names of the outputs in exported files.
+        batch_size: Images per call (1: torchvision's postprocessing loops over images in Python,
+            so an exported graph holds the batch size it was traced with).
+        onnx_exporter: ONNX is written by the TorchScript tracer, the one torchvision supports.
+        unsupported_formats: Export formats this network does not support, with the reason.
+    """
+
+    output_names = ("boxes", "scores", "labels")
+    batch_size = 1
+    onnx_exporter = "torchscript"
+    unsupported_formats: ClassVar[dict[str, str]] = {
+        "torch-export": "torch.export cannot capture torchvision's detection postprocessing (batched NMS "
+        "over a data-dependent number of boxes); use --format onnx"
+    }
+
+    def __init__(self, backbone: nn.Module, detector: nn.Module, in_chans: int, label_offset: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.detector = detector
+        self.in_chans = in_chans
+        self.label_offset = label_offset
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(1, 3, H, W)`` uint8 → ``(boxes (N, 4), scores (N,), labels (N,))``."""
+        if images.shape[0] != 1:
+            raise ValueError(
+                f"images: a detection network takes one image (1, 3, H, W), got {tuple(images.shape)}"
+            )
+        out = self.detector(detector_inputs(images, self.in_chans))[0]
+        return out["boxes"], out["scores"], out["labels"] + self.label_offset
 
 
 class ObjectDetector(TransferModule):
@@ -222,12 +283,15 @@ class ObjectDetector(TransferModule):
 
     # -- steps ----------------------------------------------------------------------------------
     def _inputs(self, images: list[Tensor]) -> list[Tensor]:
-        """``(3, H, W)`` uint8 images → float ``[0, 1]`` (the detector normalises them itself).
+        """``(3, H, W)`` uint8 images → float ``[0, 1]`` (:func:`detector_inputs`)."""
+        return detector_inputs(images, self.in_chans)
 
-        A single-channel backbone (e.g. pretrained by colorization) gets the CIE L lightness
-        (:func:`~visiontransfer.color.match_channels`).
-        """
-        return [match_channels(image[None].float() / 255.0, self.in_chans)[0] for image in images]
+    def inference_model(self) -> DetectionNetwork:
+        """A copy of the detector as a plain eval-mode module (:class:`DetectionNetwork`): one
+        ``(1, 3, H, W)`` uint8 image → ``boxes``, ``scores``, ``labels`` (in ``1..num_classes``)."""
+        backbone, detector = copy.deepcopy((self.backbone, self.detector))  # one memo: the pyramid
+        network = DetectionNetwork(backbone, detector, self.in_chans, self.label_offset)  # keeps its body
+        return network.to(self.pixel_mean.device).eval().requires_grad_(False)
 
     def forward(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
         """Detections of ``(3, H, W)`` uint8 images: per image ``boxes`` ``(N, 4)`` xyxy in that

@@ -11,7 +11,7 @@ import pytest
 from nbclient import NotebookClient
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
-FIGURES = {"01_quickstart.ipynb": 6, "02_reuse_backbone.ipynb": 1}
+FIGURES = {"01_quickstart.ipynb": 6, "02_reuse_backbone.ipynb": 1, "03_features.ipynb": 3}
 """Figures (image/png outputs) each notebook draws at least."""
 
 

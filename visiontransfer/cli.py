@@ -14,6 +14,11 @@ COMMANDS = {
     "seeds": "visiontransfer.commands.seeds",
     "report": "visiontransfer.commands.report",
     "shard": "visiontransfer.commands.shard",
+    "embed": "visiontransfer.commands.embed",
+    "neighbors": "visiontransfer.commands.neighbors",
+    "clusters": "visiontransfer.commands.clusters",
+    "duplicates": "visiontransfer.commands.duplicates",
+    "classify": "visiontransfer.commands.classify",
 }
 """Our subcommands: each module has ``main(args)``."""
 

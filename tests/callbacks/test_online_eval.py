@@ -11,10 +11,10 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from visiontransfer.callbacks import OnlineEvaluation, RunSummary, knn_predict, topk_accuracy
-from visiontransfer.callbacks.online_eval import LinearProbe
+from visiontransfer.callbacks import OnlineEvaluation, RunSummary
 from visiontransfer.data import PretrainDataModule
 from visiontransfer.pretext import RotationPrediction
+from visiontransfer.probes import LinearProbe, knn_predict, topk_accuracy
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL = {"samples_per_class": 5, "max_query": 25, "synthetic_size": 256, "probe_epochs": 20}

@@ -1,11 +1,11 @@
 """Callbacks that any module can use: run summary, online evaluation, fault tolerance, data
-statistics, prediction writers."""
+statistics, prediction writers (classes, boxes, masks)."""
 
 from visiontransfer.callbacks.fault import NonFiniteGuard, NonFiniteLossError, ResumeCheckpoint
-from visiontransfer.callbacks.online_eval import OnlineEvaluation, knn_predict, topk_accuracy
+from visiontransfer.callbacks.online_eval import OnlineEvaluation
 from visiontransfer.callbacks.statistics import DataStatistics
 from visiontransfer.callbacks.summary import RunSummary
-from visiontransfer.callbacks.writers import DetectionWriter, PredictionWriter
+from visiontransfer.callbacks.writers import DetectionWriter, PredictionWriter, SegmentationWriter
 
 __all__ = [
     "DataStatistics",
@@ -16,6 +16,5 @@ __all__ = [
     "PredictionWriter",
     "ResumeCheckpoint",
     "RunSummary",
-    "knn_predict",
-    "topk_accuracy",
+    "SegmentationWriter",
 ]

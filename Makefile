@@ -20,7 +20,7 @@ test: $(STAMP)
 	$(BIN)/ruff check visiontransfer tests benchmarks
 	$(BIN)/ruff format --check visiontransfer tests benchmarks
 	$(BIN)/mypy
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check visiontransfer tests benchmarks

@@ -16,6 +16,16 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "helpers"))  # the tests' helper modules
 
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    # Under pytest-xdist (`make test` runs one worker per core) each worker, and every process a
+    # test starts, computes on its share of the cores instead of all of them at once.
+    _THREADS = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_name, _THREADS)
+    import torch
+
+    torch.set_num_threads(int(_THREADS))
+
 SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 """``../shared/data`` next to the repository (CI provides it)."""
 

@@ -94,12 +94,3 @@ def test_missing_data_root_names_flag(tmp_path: Path, capsys, monkeypatch) -> No
     args = ["fit", "--config", str(config), f"--data.root={tmp_path / 'nope'}", "--trainer.fast_dev_run=true"]
     code, _, err = in_process(args, capsys)
     assert code == 2 and "--data.root" in err and "nope" in err
-
-
-def test_quickstart_runs_and_reports(tmp_path: Path) -> None:
-    result = run_cli("quickstart", "--fast", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "pretrained" in result.stdout and "from scratch" in result.stdout
-    assert "checkpoints:" in result.stdout and "logs:" in result.stdout
-    assert (tmp_path / "runs" / "quickstart_rotation").is_dir()
-    assert (tmp_path / "runs" / "quickstart_transfer").is_dir()

@@ -114,27 +114,14 @@ def save_confusion_matrix(
     log_dir = log_folder(module.trainer)  # rank zero only: not the collective trainer.log_dir
     if not log_dir:
         return None
-    import matplotlib
+    from visiontransfer.visualize import confusion_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = matrix.shape[0]
-    fig, ax = plt.subplots(figsize=(2 + 0.45 * n, 1.5 + 0.45 * n))
-    ax.imshow(matrix.numpy(), cmap="Blues")
-    ax.set_xticks(range(n), names, rotation=90, fontsize=7)
-    ax.set_yticks(range(n), names, fontsize=7)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(f"{tag}, epoch {module.current_epoch}")
-    if n <= 20:
-        for i in range(n):
-            for j in range(n):
-                ax.text(j, i, str(int(matrix[i, j])), ha="center", va="center", fontsize=6)
-    fig.tight_layout()
+    fig = confusion_figure(matrix, names, f"{tag}, epoch {module.current_epoch}")
     folder = os.path.join(log_dir, "images")
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, f"{tag}_epoch{module.current_epoch:03d}.png")
     atomic_write(path, lambda temp: fig.savefig(temp, dpi=100, format="png"))
-    plt.close(fig)
+    with Image.open(path) as image:  # the same picture to TensorBoard & co.
+        pixels = torch.from_numpy(np.asarray(image.convert("RGB"))).permute(2, 0, 1).float() / 255.0
+    _send_to_loggers(module.trainer, tag, pixels)
     return path

@@ -7,6 +7,7 @@ figures (``matplotlib.figure.Figure``, not attached to pyplot: display them in a
 - :func:`neighbours_figure`: nearest neighbours of query images in feature space
   (:func:`embed`, :func:`nearest_neighbours`);
 - :func:`embedding_figure`: a 2-D map of features coloured by class (:func:`pca_2d`);
+- :func:`confusion_figure`: a classifier's confusion matrix;
 - :func:`labeled_images`: a few labeled images of a class-folder tree (or the embedded set) to
   feed them.
 """
@@ -271,6 +272,27 @@ def embedding_figure(
     ax.set_ylabel("component 2")
     ax.set_title(title)
     ax.legend(fontsize=8, markerscale=1.5, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    return fig
+
+
+def confusion_figure(matrix: Tensor, names: Sequence[str], title: str = "Confusion matrix") -> Figure:
+    """A confusion matrix ``(C, C)`` (rows: true class, columns: predicted), counts written in the
+    cells for up to 20 classes."""
+    from matplotlib.figure import Figure
+
+    n = matrix.shape[0]
+    fig = Figure(figsize=(2 + 0.45 * n, 1.5 + 0.45 * n), layout="constrained")
+    ax = fig.add_subplot()
+    ax.imshow(matrix.detach().cpu().numpy(), cmap="Blues")
+    ax.set_xticks(range(n), list(names), rotation=90, fontsize=7)
+    ax.set_yticks(range(n), list(names), fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=9)
+    if n <= 20:
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, str(int(matrix[i, j])), ha="center", va="center", fontsize=6)
     return fig
 
 

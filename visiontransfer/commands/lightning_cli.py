@@ -17,6 +17,7 @@ import itertools
 import os
 import re
 import sys
+import warnings
 from argparse import ArgumentError
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,10 @@ import visiontransfer  # noqa: F401 - sets NO_ALBUMENTATIONS_UPDATE before album
 from visiontransfer.callbacks import NonFiniteGuard, ResumeCheckpoint, RunSummary
 from visiontransfer.checkpoint_io import AtomicCheckpointIO, check_writable
 from visiontransfer.errors import ConfigError
+
+# Our subcommands build the CLI with args while sys.argv holds the whole command line (Lightning's
+# DDP launchers re-run it), which is what this warning is about.
+warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended to run from within")
 
 TRAINER_DEFAULTS: dict[str, Any] = {
     "logger": {

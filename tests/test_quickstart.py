@@ -1,0 +1,90 @@
+"""``visiontransfer quickstart``: the embedded default and ``--data`` on real files, at tiny
+budgets (``--fast``): every promised file, the verdict; the ``--minutes`` planner; TensorBoard."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from visiontransfer.commands import quickstart
+from visiontransfer.commands.quickstart_data import prepare_folder, suggested_image_size
+
+PROMISED = [
+    "pretext.ckpt", "backbone/model.safetensors", "backbone/config.json", "backbone/hubconf.py",
+    "report/cells.jsonl", "report/report.md", "report/report.png", "quickstart.html", "quickstart.png",
+    "label_efficiency.png", "neighbours.png", "confusion.png",
+]  # fmt: skip
+
+
+def _check_outputs(out: Path, printed: str, result: dict) -> None:
+    for name in PROMISED:
+        assert (out / name).is_file(), name
+    for picture in ("quickstart.png", "confusion.png", "neighbours.png"):
+        with Image.open(out / picture) as image:
+            assert image.format == "PNG" and image.width > 300
+    verdict = [line for line in printed.splitlines() if line.startswith("at 10% of the labels")]
+    assert len(verdict) == 1 and "pretrained against" in verdict[0] and "from scratch" in verdict[0]
+    assert ("pretraining helped" in verdict[0]) != ("no clear gain" in verdict[0])
+    assert f'visiontransfer.load_backbone("{out / "backbone"}")' in printed
+    assert result["verdict"][0] == verdict[0]
+    assert "visiontransfer fit --config" in (out / "report" / "report.md").read_text()
+
+
+@pytest.fixture
+def small_folder(
+    tmp_path: Path, cifar10_dir: Path, link_files: Callable[[Iterable[Path], Path], list[Path]]
+) -> Path:
+    """A class-per-folder tree of 3 CIFAR-10 classes, 15 real JPEGs each (no train/test split)."""
+    root = tmp_path / "photos"
+    for name in ("cat", "ship", "truck"):
+        link_files(sorted((cifar10_dir / "train" / name).glob("*.jpg"))[:15], root / name)
+    return root
+
+
+def test_quickstart_on_a_real_folder(small_folder: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "qs"
+    args = ["--data", str(small_folder), "--fast", "--workers", "0", "--out", str(out), "--fractions", "0.1"]
+    result = quickstart.main(args)
+    printed = capsys.readouterr().out
+    _check_outputs(out, printed, result)
+    assert (out / "data" / "train" / "cat").is_dir() and len(
+        list((out / "data" / "test" / "cat").iterdir())
+    ) == 3
+    cells = (out / "report" / "cells.jsonl").read_text().splitlines()
+    assert len(cells) == 2  # pretrained and scratch, one seed (--fast)
+    # Rerun: everything is found, nothing trains again.
+    again = quickstart.main(args)
+    assert "(found)" in capsys.readouterr().out and again["rows"] == result["rows"]
+
+
+def test_quickstart_on_the_embedded_set(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "qs"
+    result = quickstart.main(["--fast", "--workers", "0", "--out", str(out)])
+    _check_outputs(out, capsys.readouterr().out, result)
+
+
+def test_prepare_folder_splits_each_class_and_keeps_train_test_trees(
+    small_folder: Path, tmp_path: Path
+) -> None:
+    made = prepare_folder(str(small_folder), tmp_path / "made")
+    counts = {split: sum(1 for _ in (made / split).rglob("*.jpg")) for split in ("train", "test")}
+    assert counts == {"train": 36, "test": 9}
+    assert prepare_folder(str(made), tmp_path / "other") == made  # train/ + test/ are used as they are
+    assert suggested_image_size(made / "train") == 32  # CIFAR-sized
+
+
+def test_minutes_picks_the_epochs_to_fit_the_budget(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    options = argparse.Namespace(
+        pretext="simclr", fractions=None, seeds=[0, 1, 2], image_size=None, data=None, workers=0, fast=False
+    )
+    plan = quickstart.default_plan(options)
+    monkeypatch.setattr(quickstart, "_calibrate", lambda plan, out: (0.004, 0.002))  # s per image
+    short, long = quickstart.budget_plan(plan, 2, tmp_path), quickstart.budget_plan(plan, 20, tmp_path)
+    assert 1 <= short.pretrain_epochs < long.pretrain_epochs
+    assert short.base_epochs <= long.base_epochs
+    # Half of 2 minutes at 4 ms per image over 8192 images: 3 epochs.
+    assert short.pretrain_epochs == int(60 / (0.004 * 8192)) and "--minutes 2" in short.notes[0]

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from visiontransfer.callbacks.summary import StepTimer
 from visiontransfer.data import PretrainDataModule
 from visiontransfer.data.datasets import collate_samples
 from visiontransfer.data.decode import load_rgb
@@ -65,29 +66,6 @@ class InMemory(Dataset[dict[str, Any]]):
         return {"image": self.images[index], "label": -1, "index": index}
 
 
-class StepTimer(L.Callback):
-    """Wall time of the steps after ``warmup`` (from the start of step ``warmup`` to the end)."""
-
-    def __init__(self, warmup: int) -> None:
-        self.warmup = warmup
-        self.start = 0.0
-        self.end = 0.0
-
-    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
-        if trainer.global_step == self.warmup:
-            self._sync(trainer)
-            self.start = time.perf_counter()
-
-    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        self._sync(trainer)
-        self.end = time.perf_counter()
-
-    @staticmethod
-    def _sync(trainer: L.Trainer) -> None:
-        if trainer.strategy.root_device.type == "cuda":
-            torch.cuda.synchronize()
-
-
 def timed_fit(method: str, data: Any, args: argparse.Namespace) -> float:
     """Images/s of the timed steps of one fit."""
     L.seed_everything(0, verbose=False)
@@ -102,7 +80,7 @@ def timed_fit(method: str, data: Any, args: argparse.Namespace) -> float:
         trainer.fit(module, train_dataloaders=data)
     else:
         trainer.fit(module, datamodule=data)
-    return args.steps * args.batch_size / (timer.end - timer.start)
+    return args.steps * args.batch_size / timer.seconds
 
 
 def ceiling_loader(args: argparse.Namespace) -> DataLoader[Any]:

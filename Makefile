@@ -1,5 +1,5 @@
 # Two entry points for a fresh machine; each builds its own virtual environment (.venv) first.
-#   make quickstart   install, then pretrain RotNet briefly on the embedded image set
+#   make quickstart   install, then pretrain SimCLR on the embedded image set, fine-tune, compare with scratch
 #   make test         install (with dev tools), then lint, type-check and run the test suite
 PYTHON ?= python3
 VENV ?= .venv

@@ -86,5 +86,5 @@ def test_minutes_picks_the_epochs_to_fit_the_budget(monkeypatch: pytest.MonkeyPa
     short, long = quickstart.budget_plan(plan, 2, tmp_path), quickstart.budget_plan(plan, 20, tmp_path)
     assert 1 <= short.pretrain_epochs < long.pretrain_epochs
     assert short.base_epochs <= long.base_epochs
-    # Half of 2 minutes at 4 ms per image over 8192 images: 3 epochs.
-    assert short.pretrain_epochs == int(60 / (0.004 * 8192)) and "--minutes 2" in short.notes[0]
+    # Half of 2 minutes at 4 ms per image over 4096 images: 3 epochs.
+    assert short.pretrain_epochs == int(60 / (0.004 * 4096)) and "--minutes 2" in short.notes[0]

@@ -44,7 +44,7 @@ def default_plan(options: argparse.Namespace) -> Plan:
     pretext = _pretext_config(options.pretext)
     fractions = tuple(options.fractions or ((0.1,) if options.data is None else (0.1, 1.0)))
     plan = Plan(
-        data=options.data, pretext=pretext, image_size=options.image_size or 48, pretrain_epochs=12,
+        data=options.data, pretext=pretext, image_size=options.image_size or 48, pretrain_epochs=4,
         fractions=fractions, seeds=tuple(options.seeds), base_epochs=60, workers=options.workers,
     )  # fmt: skip
     if options.fast:
@@ -134,7 +134,7 @@ def pretrain(plan: Plan, out: Path, progress: Progress) -> Path:
     cli.trainer.callbacks.append(  # type: ignore[attr-defined]
         progress.callback(plan.pretrain_epochs)
     )
-    last = next(iter(sorted((out / "pretrain").rglob("last.ckpt"))), None)
+    last = max((out / "pretrain").rglob("last.ckpt"), key=lambda p: p.stat().st_mtime, default=None)
     cli.trainer.fit(cli.model, cli.datamodule, ckpt_path=str(last) if last else None)
     cli.trainer.save_checkpoint(final)
     progress.done("pretraining", final)

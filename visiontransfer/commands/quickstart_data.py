@@ -102,7 +102,7 @@ class Plan:
     fractions: tuple[float, ...]
     seeds: tuple[int, ...]
     base_epochs: int
-    pretrain_images: int = 8192
+    pretrain_images: int = 4096
     labeled_images: int = 2048
     workers: int = 2
     notes: list[str] = field(default_factory=list, compare=False)

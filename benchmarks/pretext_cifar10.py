@@ -11,7 +11,7 @@ For each method: pretrain with ``visiontransfer.data.PretrainDataModule`` on a m
 training images per class) and ``--query`` test images with the module's own ``features()`` and
 report kNN top-1 (k=20, cosine, weighted vote) and linear-probe top-1, next to the same numbers
 for the untrained model. Prints a Markdown table and writes ``results.json`` and the checkpoints
-(for ``benchmarks/transfer_cifar10.py``) under ``--out``.
+(for ``visiontransfer report --backbones``) under ``--out``.
 
 MAE pretrains a small ViT (ViT-Tiny, 6 blocks, 4-px patches) whatever ``--backbone`` says, and
 distillation a student at most a third of the teacher's size (RegNetX-200MF, 2.3 M parameters, for

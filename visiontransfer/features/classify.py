@@ -94,7 +94,7 @@ class Classification:
     metrics: dict[str, float] = field(default_factory=dict)
 
     def write_csv(self, path: str | os.PathLike[str]) -> Path:
-        """``path,label,knn_class,knn_score,probe_class,probe_probability`` per query, atomically."""
+        """``path,label,knn_class,knn_probability,probe_class,probe_probability`` per query, atomically."""
         columns = [
             ("knn", self.knn, lambda s: s / s.sum(dim=1, keepdim=True).clamp_min(1e-12)),
             ("probe", self.probe, lambda s: s.softmax(dim=1)),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
@@ -10,11 +9,12 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from torch import Tensor, nn
+from torch import Tensor
 
 from visiontransfer.backbones import FeatureBackbone
 from visiontransfer.callbacks.statistics import DataStatistics
 from visiontransfer.color import L_MAX, lab_to_rgb, rgb_to_lab
+from visiontransfer.decoders import FPNDecoder
 from visiontransfer.errors import ConfigError
 from visiontransfer.imagelog import log_image_grid
 from visiontransfer.losses import AB_LOSS_SCALE, colorization_class_loss, colorization_regression_loss
@@ -34,28 +34,15 @@ LOG_IMAGES = 8
 """Validation images shown in the logged grid."""
 
 
-def _conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
-    )
-
-
-class ColorizationDecoder(nn.Module):
-    """A small FPN-like decoder: fuses multi-scale maps top-down and predicts a dense output.
-
-    Each level gets a 1×1 lateral conv to ``width`` channels; going from the coarsest level to
-    the finest, the running map is upsampled bilinearly, added to the next lateral map and
-    smoothed by a 3×3 conv-BN-ReLU. Levels finer than the output are average-pooled to it;
-    when the finest level is coarser, ×2 upsampling blocks (bilinear + 3×3 conv-BN-ReLU) follow.
-    A 1×1 conv gives the ``out_channels`` outputs.
+class ColorizationDecoder(FPNDecoder):
+    """The colorization decoder: :class:`~visiontransfer.decoders.FPNDecoder` (the one FPN-style
+    top-down decoder, also the segmenter's) without dropout, its width named as the CLI flag.
 
     Args:
         channels: Channels of each input map, finest first (``FeatureBackbone.channels``).
         reductions: Stride of each input map relative to the image (``FeatureBackbone.reductions``).
         out_channels: Output channels (2 for ab regression, Q for bin logits).
-        width: Channels inside the decoder.
+        width: Channels inside the decoder (``--model.decoder_width``).
         output_stride: Stride of the output relative to the image (1: full resolution).
     """
 
@@ -67,37 +54,9 @@ class ColorizationDecoder(nn.Module):
         width: int = 128,
         output_stride: int = 1,
     ) -> None:
-        super().__init__()
-        if not channels or len(channels) != len(reductions):
-            raise ValueError(
-                f"need one reduction per level, got channels {channels}, reductions {reductions}"
-            )
         if width < 8 or out_channels < 1:
             raise ConfigError(f"--model.decoder_width={width} must be >= 8 (and out_channels >= 1)")
-        self.output_stride = output_stride
-        self.laterals = nn.ModuleList(nn.Conv2d(c, width, 1) for c in channels)
-        self.smooths = nn.ModuleList(_conv_bn_relu(width, width) for _ in channels)
-        ups = max(0, math.ceil(math.log2(min(reductions) / output_stride)))
-        self.ups = nn.ModuleList(_conv_bn_relu(width, width) for _ in range(ups))
-        self.head = nn.Conv2d(width, out_channels, 1)
-
-    def forward(self, features: Sequence[Tensor], size: tuple[int, int]) -> Tensor:
-        """Maps (finest first) → ``(B, out_channels, *size)``; ``size`` is the output's (H, W)."""
-        x: Tensor | None = None
-        for i in reversed(range(len(features))):
-            y = self.laterals[i](features[i])  # (B, width, h_i, w_i)
-            if y.shape[-2] > size[0] or y.shape[-1] > size[1]:
-                y = F.adaptive_avg_pool2d(y, size)
-            if x is not None:
-                y = y + F.interpolate(x, size=y.shape[-2:], mode="bilinear", align_corners=False)
-            x = self.smooths[i](y)
-        assert x is not None
-        for up in self.ups:
-            x = up(F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False))
-        x = self.head(x)
-        if tuple(x.shape[-2:]) != tuple(size):
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-        return x  # (B, out_channels, H / output_stride, W / output_stride)
+        super().__init__(channels, reductions, out_channels, width=width, output_stride=output_stride)
 
 
 def _check_args(

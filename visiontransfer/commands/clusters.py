@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from visiontransfer.commands.feature_args import embeddings_parser, one_line_errors
+from visiontransfer.commands.feature_args import embeddings_parser, run_on_embeddings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,9 +30,7 @@ def main(args: list[str]) -> None:
     options = parser.parse_args(args)
     from visiontransfer.features.clusters import CSV_NAME, JSON_NAME, PNG_NAME, cluster
 
-    out = options.out or options.embeddings
-    with one_line_errors(parser):
-        result = cluster(**{**vars(options), "out": out})
+    out, result = run_on_embeddings(parser, options, cluster)
     sizes = result.sizes()
     scores = f"; purity {result.purity:.3f}, NMI {result.nmi:.3f}" if result.nmi is not None else ""
     print(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from visiontransfer.commands.feature_args import add_index_argument, embeddings_parser, one_line_errors
+from visiontransfer.commands.feature_args import add_index_argument, embeddings_parser, run_on_embeddings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,9 +30,7 @@ def main(args: list[str]) -> None:
     options = parser.parse_args(args)
     from visiontransfer.features.duplicates import CSV_NAME, PNG_NAME, find_duplicates
 
-    out = options.out or options.embeddings
-    with one_line_errors(parser):
-        result = find_duplicates(**{**vars(options), "out": out})
+    out, result = run_on_embeddings(parser, options, find_duplicates)
     copies = sum(len(group) - 1 for group in result.exact)
     print(
         f"{len(result.exact):,} groups of identical files ({copies:,} copies), "

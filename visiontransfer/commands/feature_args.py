@@ -24,6 +24,18 @@ def one_line_errors(parser: argparse.ArgumentParser) -> Iterator[None]:
         parser.exit(2, f"{parser.prog}: error: {' '.join(str(error).split())}\n")
 
 
+def run_on_embeddings(
+    parser: argparse.ArgumentParser, options: argparse.Namespace, function: Callable[..., T]
+) -> tuple[str, T]:
+    """``function(**options)`` of a command over saved embeddings, ``--out`` defaulting to the
+    EMBEDDINGS folder; mistakes in the input are one line (:func:`one_line_errors`). Returns the
+    output folder and the result."""
+    out = options.out or options.embeddings
+    with one_line_errors(parser):
+        result = function(**{**vars(options), "out": out})
+    return out, result
+
+
 def bounded(kind: Callable[[str], T], low: float, name: str) -> Callable[[str], T]:
     """An argparse type: ``kind(text)``, at least ``low``."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from visiontransfer.commands.feature_args import add_index_argument, embeddings_parser, one_line_errors
+from visiontransfer.commands.feature_args import add_index_argument, embeddings_parser, run_on_embeddings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,9 +34,7 @@ def main(args: list[str]) -> None:
     options = parser.parse_args(args)
     from visiontransfer.features.nearest import CSV_NAME, PNG_NAME, neighbors
 
-    out = options.out or options.embeddings
-    with one_line_errors(parser):
-        result = neighbors(**{**vars(options), "out": out})
+    out, result = run_on_embeddings(parser, options, neighbors)
     where = f"{out}/{CSV_NAME}, {out}/{PNG_NAME}"
     print(
         f"{result.k} neighbours of {len(result.query_paths):,} queries among "

@@ -11,16 +11,25 @@ untimed steps) on the same model, precision and batch:
 It prints images/s of both and the ratio b/a (1.0: the data pipeline keeps up), medians over
 ``--repeats`` runs. With ``--decode-on-device`` it adds (c): the same files with JPEG decoding and
 the crop moved to the training device (``--data.decode_on_device``: nvJPEG on a GPU), and c/a.
-Then the CPU data pipeline alone, per core (one process): our decode +
-albumentations preset against the same steps in torchvision v2 (TorchCodec's ``decode_jpeg`` + ``v2``).
+With ``--compile`` it adds (a) with the backbone compiled (``--model.compile true``) and its ratio
+to eager (a); ``--ceiling-only`` skips (b) and (c). Then the CPU data pipeline alone, per core
+(one process): our decode + albumentations preset against the same steps in torchvision v2
+(TorchCodec's ``decode_jpeg`` + ``v2``); ``--skip-per-core`` leaves it out.
+
+``--data`` is an image folder or a folder of tar shards (``visiontransfer shard``; the per-core
+figures need a folder). ``--json FILE`` also writes the figures there, rewritten after each
+pretext; a pretext that fails is recorded there with its error and the others still run.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -31,18 +40,24 @@ from torch.utils.data import DataLoader, Dataset
 
 from visiontransfer.callbacks.summary import StepTimer
 from visiontransfer.data import PretrainDataModule
-from visiontransfer.data.datasets import collate_samples
 from visiontransfer.data.decode import load_rgb
 from visiontransfer.data.index import scan_images
+from visiontransfer.data.shards import INDEX
 from visiontransfer.data.transforms import train_transform
-from visiontransfer.pretext import Colorization, ContrastivePatches, RotationPrediction, SimCLR
+from visiontransfer.pretext import DINO, Colorization, ContrastivePatches, RotationPrediction, SimCLR
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10" / "train"
 
 
-def make_module(method: str, backbone: str, image_size: int) -> L.LightningModule:
+METHODS = ("rotation", "colorization", "contrastive_patches", "simclr", "dino")
+
+
+def make_module(
+    method: str, backbone: str, image_size: int, channels_last: bool = False, compile: bool = False
+) -> L.LightningModule:
     """A pretext module as its config builds it (small-image stem at up to 64 px)."""
-    common: dict[str, Any] = {"backbone": backbone, "small_input_stem": image_size <= 64, "lr": 1e-3}
+    common: dict[str, Any] = {"backbone": backbone, "small_input_stem": image_size <= 64, "lr": 1e-3,
+                              "channels_last": channels_last, "compile": compile}  # fmt: skip
     if method == "rotation":
         return RotationPrediction(**common)
     if method == "colorization":
@@ -50,26 +65,40 @@ def make_module(method: str, backbone: str, image_size: int) -> L.LightningModul
     if method == "contrastive_patches":
         patch = max(8, image_size // 4)
         return ContrastivePatches(patch_size=patch, patch_stride=patch // 2, **common)
+    if method == "dino":  # configs/pretrain/dino.yaml's head; 6 local crops (and blur) above 64 px
+        big = image_size > 64
+        return DINO(out_dim=4096, hidden_dim=2048, bottleneck_dim=256, local_crops=6 if big else 2,
+                    blur=big, **common)  # fmt: skip
     return SimCLR(**common)
 
 
 class InMemory(Dataset[dict[str, Any]]):
-    """Random uint8 images held in memory: the ceiling's data costs nothing."""
+    """Whole batches of random uint8 images held in the training device's memory: the ceiling's
+    data costs nothing (``distinct`` batches, served in turn)."""
 
-    def __init__(self, count: int, image_size: int) -> None:
-        self.images = torch.randint(0, 256, (count, 3, image_size, image_size), dtype=torch.uint8)
+    def __init__(self, batches: int, batch_size: int, image_size: int, distinct: int = 4) -> None:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        shape = (batch_size, 3, image_size, image_size)
+        self.images = [
+            torch.randint(0, 256, shape, dtype=torch.uint8, device=device)
+            for _ in range(min(distinct, batches))
+        ]
+        self.labels = torch.full((batch_size,), -1, dtype=torch.int64, device=device)
+        self.batches, self.batch_size, self.device = batches, batch_size, device
 
     def __len__(self) -> int:
-        return len(self.images)
+        return self.batches
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return {"image": self.images[index], "label": -1, "index": index}
+        first = index * self.batch_size
+        indices = torch.arange(first, first + self.batch_size, device=self.device)
+        return {"image": self.images[index % len(self.images)], "label": self.labels, "index": indices}
 
 
-def timed_fit(method: str, data: Any, args: argparse.Namespace) -> float:
+def timed_fit(method: str, data: Any, args: argparse.Namespace, compile: bool = False) -> float:
     """Images/s of the timed steps of one fit."""
     L.seed_everything(0, verbose=False)
-    module = make_module(method, args.backbone, args.image_size)
+    module = make_module(method, args.backbone, args.image_size, args.channels_last, compile)
     timer = StepTimer(args.warmup)
     trainer = L.Trainer(
         max_steps=args.warmup + args.steps, precision=args.precision, logger=False, devices=1,
@@ -84,34 +113,80 @@ def timed_fit(method: str, data: Any, args: argparse.Namespace) -> float:
 
 
 def ceiling_loader(args: argparse.Namespace) -> DataLoader[Any]:
-    count = (args.warmup + args.steps + 1) * args.batch_size
-    dataset = InMemory(count, args.image_size)
-    return DataLoader(dataset, batch_size=args.batch_size, shuffle=True, collate_fn=collate_samples)
+    dataset = InMemory(args.warmup + args.steps + 1, args.batch_size, args.image_size)
+    return DataLoader(dataset, batch_size=None, shuffle=False)
+
+
+def is_shards(folder: Path) -> bool:
+    """Whether ``folder`` holds tar shards (``visiontransfer shard``) rather than image files."""
+    return (folder / INDEX).is_file()
 
 
 def pipeline_data(args: argparse.Namespace, on_device: bool = False) -> PretrainDataModule:
+    source = {"shards": str(args.data)} if is_shards(args.data) else {"root": str(args.data)}
     return PretrainDataModule(
-        root=str(args.data), image_size=args.image_size, batch_size=args.batch_size,
+        **source, image_size=args.image_size, batch_size=args.batch_size,
         num_workers=args.workers, val_fraction=0.01, augment="crop_flip", decode_on_device=on_device,
     )  # fmt: skip
 
 
-def model_figures(args: argparse.Namespace) -> list[tuple[str, float, float, float | None]]:
-    rows = []
-    for method in args.methods:
-        ceiling = [timed_fit(method, ceiling_loader(args), args) for _ in range(args.repeats)]
-        pipeline = [timed_fit(method, pipeline_data(args), args) for _ in range(args.repeats)]
-        a, b = statistics.median(ceiling), statistics.median(pipeline)
-        c = None
+Row = dict[str, Any]
+"""One pretext's figures (images/s): ``ceiling``, ``pipeline``, ``device_decode``, ``compiled``
+and their ratios to ``ceiling`` (absent where not measured), or ``error``."""
+
+
+def method_figures(method: str, args: argparse.Namespace) -> Row:
+    def median(make_data: Any, compile: bool = False) -> float:
+        return statistics.median(timed_fit(method, make_data(), args, compile) for _ in range(args.repeats))
+
+    a = median(lambda: ceiling_loader(args))
+    row: Row = {"ceiling": a}
+    if not args.ceiling_only:
+        row["pipeline"] = median(lambda: pipeline_data(args))
+        row["pipeline_ratio"] = row["pipeline"] / a
         if args.decode_on_device:
-            c = statistics.median(
-                [timed_fit(method, pipeline_data(args, on_device=True), args) for _ in range(args.repeats)]
-            )
-        rows.append((method, a, b, c))
-        extra = "" if c is None else f", decode on device {c:.0f} img/s ({c / a:.2f})"
-        print(
-            f"{method}: ceiling {a:.0f} img/s, pipeline {b:.0f} img/s, ratio {b / a:.2f}{extra}", flush=True
-        )
+            row["device_decode"] = median(lambda: pipeline_data(args, on_device=True))
+            row["device_decode_ratio"] = row["device_decode"] / a
+    if args.compile:
+        row["compiled"] = median(lambda: ceiling_loader(args), compile=True)
+        row["compiled_ratio"] = row["compiled"] / a
+    return row
+
+
+def describe_row(method: str, row: Row) -> str:
+    if "error" in row:
+        return f"{method}: failed: {row['error']}"
+    text = f"{method}: ceiling {row['ceiling']:.0f} img/s"
+    if "pipeline" in row:
+        text += f", pipeline {row['pipeline']:.0f} img/s, ratio {row['pipeline_ratio']:.2f}"
+    if "device_decode" in row:
+        text += f", decode on device {row['device_decode']:.0f} img/s ({row['device_decode_ratio']:.2f})"
+    if "compiled" in row:
+        text += f", compiled {row['compiled']:.0f} img/s ({row['compiled_ratio']:.2f})"
+    return text
+
+
+def write_json(path: Path, figures: dict[str, Any]) -> None:
+    """Replace ``path`` atomically (a kill leaves the last complete version)."""
+    temp = path.with_name(path.name + ".partial")
+    temp.write_text(json.dumps(figures, indent=1))
+    os.replace(temp, path)
+
+
+def model_figures(args: argparse.Namespace, figures: dict[str, Any] | None = None) -> dict[str, Row]:
+    """Each pretext's figures; with ``--json`` a failure is recorded and the next pretext runs."""
+    rows: dict[str, Row] = {}
+    for method in args.methods:
+        try:
+            rows[method] = method_figures(method, args)
+        except Exception as error:
+            if args.json is None:
+                raise
+            traceback.print_exc()
+            rows[method] = {"error": f"{type(error).__name__}: {error}"}
+        print(describe_row(method, rows[method]), flush=True)
+        if args.json is not None and figures is not None:
+            write_json(args.json, figures)
     return rows
 
 
@@ -153,46 +228,86 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of JPEG images")
     parser.add_argument(
-        "--methods", nargs="+", default=["rotation", "colorization", "contrastive_patches", "simclr"]
-    )
+        "--methods", nargs="+", choices=METHODS,
+        default=["rotation", "colorization", "contrastive_patches", "simclr"],
+    )  # fmt: skip
     parser.add_argument("--backbone", default="resnet18")
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--precision", default="32-true")
+    parser.add_argument("--precision", default="32-true", help="Lightning precision, e.g. bf16-mixed")
+    parser.add_argument(
+        "--channels-last", action="store_true", help="channels-last layout (--model.channels_last)"
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--pipeline-images", type=int, default=2000)
     parser.add_argument(
         "--decode-on-device", action="store_true", help="also time (c): JPEG decode and crop on the device"
     )
+    parser.add_argument(
+        "--compile", action="store_true", help="also time (a) with the backbone compiled (--model.compile)"
+    )
+    parser.add_argument("--ceiling-only", action="store_true", help="skip (b) and (c): model-only figures")
     parser.add_argument("--skip-models", action="store_true", help="only the per-core pipeline figures")
+    parser.add_argument("--skip-per-core", action="store_true", help="leave out the per-core figures")
+    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     if not args.data.is_dir():
         sys.exit(f"no image folder at {args.data}: pass --data")
+    per_core = not args.skip_per_core and not is_shards(args.data)
     device = (
         torch.cuda.get_device_name()
         if torch.cuda.is_available()
         else f"CPU ({torch.get_num_threads()} threads)"
     )
     setting = f"{args.backbone} at {args.image_size} px, batch {args.batch_size}, {args.precision}"
+    if args.channels_last:
+        setting += ", channels-last"
     print(f"device: {device}; {setting}")
-    rows = [] if args.skip_models else model_figures(args)
-    ours, theirs = pipeline_per_core(args)
-    head = "| pretext | ceiling a (img/s) | pipeline b (img/s) | b/a |"
-    rule = "| --- | --- | --- | --- |"
-    if args.decode_on_device:
-        head, rule = head + " decode on device c (img/s) | c/a |", rule + " --- | --- |"
-    print(f"\n{head}\n{rule}")
-    for method, a, b, c in rows:
-        extra = "" if c is None else f" {c:.0f} | {c / a:.2f} |"
-        print(f"| {method} | {a:.0f} | {b:.0f} | {b / a:.2f} |{extra}")
-    print(
-        f"\nCPU data pipeline, one process: ours {ours:.0f} img/s, torchvision v2 {theirs:.0f} img/s "
-        f"(ratio {ours / theirs:.2f})"
-    )
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "json"}
+    figures: dict[str, Any] = {"device": device, "settings": settings, "methods": {}}
+    if not args.skip_models:
+        figures["methods"] = model_figures(args, figures)
+    rows = figures["methods"]
+    if per_core:
+        ours, theirs = pipeline_per_core(args)
+        figures["per_core"] = {"ours": ours, "torchvision_v2": theirs}
+    if args.json is not None:
+        write_json(args.json, figures)
+    print_table(rows, args)
+    if per_core:
+        print(
+            f"\nCPU data pipeline, one process: ours {ours:.0f} img/s, torchvision v2 {theirs:.0f} img/s "
+            f"(ratio {ours / theirs:.2f})"
+        )
     np.set_printoptions(precision=3)
+    if any("error" in row for row in rows.values()):
+        sys.exit(1)
+
+
+def print_table(rows: dict[str, Row], args: argparse.Namespace) -> None:
+    columns = [("ceiling", "ceiling a (img/s)", None)]
+    if not args.ceiling_only:
+        columns.append(("pipeline", "pipeline b (img/s)", "b/a"))
+        if args.decode_on_device:
+            columns.append(("device_decode", "decode on device c (img/s)", "c/a"))
+    if args.compile:
+        columns.append(("compiled", "compiled a' (img/s)", "a'/a"))
+    head, rule = "| pretext |", "| --- |"
+    for _, name, ratio in columns:
+        head += f" {name} |" + (f" {ratio} |" if ratio else "")
+        rule += " --- |" + (" --- |" if ratio else "")
+    print(f"\n{head}\n{rule}")
+    for method, row in rows.items():
+        if "error" in row:
+            print(f"| {method} | failed: {row['error']} |")
+            continue
+        line = f"| {method} |"
+        for key, _, ratio in columns:
+            line += f" {row[key]:.0f} |" + (f" {row[key + '_ratio']:.2f} |" if ratio else "")
+        print(line)
 
 
 if __name__ == "__main__":

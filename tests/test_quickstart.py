@@ -59,6 +59,13 @@ def test_quickstart_on_a_real_folder(small_folder: Path, tmp_path: Path, capsys)
     # Rerun: everything is found, nothing trains again.
     again = quickstart.main(args)
     assert "(found)" in capsys.readouterr().out and again["rows"] == result["rows"]
+    # Another pretext into the same folder: refused in one line, the first run's files kept.
+    with pytest.raises(SystemExit) as exited:
+        quickstart.main([*args, "--pretext", "rotation"])
+    assert exited.value.code == 2
+    error = capsys.readouterr().err
+    assert f"--out={out} holds a pretext run of other settings" in error and len(error.splitlines()) == 1
+    assert (out / "pretext.ckpt").is_file()
 
 
 def test_quickstart_on_the_embedded_set(tmp_path: Path, capsys) -> None:

@@ -16,6 +16,7 @@ efficiency, what the pretext learned as nearest neighbours, both arms' confusion
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 from collections.abc import Sequence
@@ -123,14 +124,21 @@ def _calibrate(plan: Plan, out: Path) -> tuple[float, float]:
 
 def pretrain(plan: Plan, out: Path, progress: Progress) -> Path:
     """The pretext run, resumed where it stopped; returns ``out/pretext.ckpt`` (kept: a rerun
-    skips pretraining)."""
+    skips pretraining).
+
+    Raises:
+        ConfigError: ``out`` holds a pretext run of other settings (another ``--pretext``, image
+            size or epochs): it is neither reused nor overwritten.
+    """
     final = out / "pretext.ckpt"
+    args = plan.pretrain_args(out)
+    _claim(out, args)
     if final.is_file():
         progress.done("pretraining: found", final)
         return final
     from visiontransfer.commands.lightning_cli import VisionTransferCLI
 
-    cli = VisionTransferCLI(args=plan.pretrain_args(out), run=False)
+    cli = VisionTransferCLI(args=args, run=False)
     cli.trainer.callbacks.append(  # type: ignore[attr-defined]
         progress.callback(plan.pretrain_epochs)
     )
@@ -139,6 +147,28 @@ def pretrain(plan: Plan, out: Path, progress: Progress) -> Path:
     cli.trainer.save_checkpoint(final)
     progress.done("pretraining", final)
     return final
+
+
+PRETEXT_ARGS = "pretext.args.json"
+"""Beside ``pretext.ckpt``: the ``fit`` arguments of the pretext run that made it."""
+
+
+def _claim(out: Path, args: list[str]) -> None:
+    """Record the pretext run's arguments in ``out``, or refuse a folder holding another run's."""
+    record = out / PRETEXT_ARGS
+    if record.is_file():
+        before = json.loads(record.read_text())
+        if before != args:
+            changed = sorted(set(args) ^ set(before))
+            raise ConfigError(
+                f"--out={out} holds a pretext run of other settings ({', '.join(changed[:4])}); "
+                f"give another --out, or delete {out / 'pretext.ckpt'}, {out / 'pretrain'} and {record}"
+            )
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = record.with_suffix(".tmp")
+    tmp.write_text(json.dumps(args, indent=1))
+    os.replace(tmp, record)
 
 
 @dataclass
@@ -255,6 +285,7 @@ def main(argv: list[str]) -> dict[str, Any]:
     out = Path(options.out)
     try:
         plan = plan_from(options, out)
+        _claim(out, plan.pretrain_args(out))
     except (ConfigError, FileNotFoundError) as error:
         parser.exit(2, f"{parser.prog}: error: {' '.join(str(error).split())}\n")
     where = plan.data or "the embedded procedural set"

@@ -1,6 +1,7 @@
 """Transfer to detection: Faster R-CNN, RetinaNet and FCOS on a timm backbone with an FPN — training
 and evaluation steps, torchvision's label / class-count contract, anchors per stride, freezing,
-checkpoint → export, COCO-format predictions, and the CLI on the raccoon set."""
+checkpoint → export, COCO-format predictions, the CLI on the raccoon set, and Faster R-CNN's RoI
+pooling on CPU against torchvision's."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from torchvision.ops import MultiScaleRoIAlign
 
 from visiontransfer.backbones import FeatureBackbone, create_backbone
 from visiontransfer.callbacks import DetectionWriter
@@ -20,7 +22,7 @@ from visiontransfer.data.detection import DetectionDataModule, image_size
 from visiontransfer.export import export_backbone, load_backbone
 from visiontransfer.pretext import RotationPrediction
 from visiontransfer.transfer import ObjectDetector
-from visiontransfer.transfer.detection import TimmFPNBackbone
+from visiontransfer.transfer.detection import CPUMultiScaleRoIAlign, TimmFPNBackbone
 
 TINY = {"backbone": "resnet10t", "fpn_channels": 32, "min_size": 128}
 DETECTORS = ("fasterrcnn", "retinanet", "fcos")
@@ -236,3 +238,39 @@ def test_single_channel_backbone_sees_lightness() -> None:
     model.train()
     loss = model.training_step(_batch(), 0)
     assert loss is not None and torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("levels", [1, 4])
+def test_cpu_roi_pooling_matches_torchvision_forward_and_backward(levels: int) -> None:
+    """The sparse-matrix RoIAlign gives torchvision's numbers and gradients: boxes across the image
+    border and past the last pixel, boxes under a pixel wide, every level, images of a batch."""
+    generator = torch.Generator().manual_seed(0)
+    shapes = [(24 // 2**k, 32 // 2**k) for k in range(levels)]  # strides 4, 8, 16, 32 of 96 x 128
+    names = [str(k) for k in range(levels)]
+    boxes = []
+    for _ in range(2):
+        corner = torch.rand(40, 2, generator=generator) * torch.tensor([150.0, 110.0]) - 12
+        size = torch.rand(40, 2, generator=generator) ** 2 * 120 + 0.2
+        boxes.append(torch.cat([corner, corner + size], 1).double())
+    outputs = []
+    for pool in (MultiScaleRoIAlign(names, 7, 2), CPUMultiScaleRoIAlign(names, 7, 2)):
+        torch.manual_seed(1)
+        maps = {n: torch.randn(2, 5, h, w, dtype=torch.float64, requires_grad=True)
+                for n, (h, w) in zip(names, shapes, strict=True)}  # fmt: skip
+        pooled = pool(maps, boxes, [(96, 128), (90, 120)])
+        (pooled * torch.linspace(-1, 1, pooled.numel(), dtype=torch.float64).view_as(pooled)).sum().backward()
+        outputs.append((pooled.detach(), [m.grad for m in maps.values()]))
+    (reference, reference_grads), (ours, grads) = outputs
+    assert ours.shape == (80, 5, 7, 7) and reference.abs().sum() > 0
+    torch.testing.assert_close(ours, reference, rtol=1e-9, atol=1e-9)
+    for grad, expected in zip(grads, reference_grads, strict=True):
+        torch.testing.assert_close(grad, expected, rtol=1e-9, atol=1e-9)
+
+
+def test_cpu_roi_pooling_keeps_the_dtype_and_takes_no_boxes() -> None:
+    pool = CPUMultiScaleRoIAlign(["0"], 3, 2)
+    maps = {"0": torch.randn(1, 4, 8, 8).bfloat16()}
+    assert pool(maps, [torch.tensor([[0.0, 0.0, 16.0, 16.0]])], [(32, 32)]).dtype == torch.bfloat16
+    assert pool({"0": torch.randn(1, 4, 8, 8)}, [torch.zeros(0, 4)], [(32, 32)]).shape == (0, 4, 3, 3)
+    model = ObjectDetector(num_classes=2, **TINY)
+    assert isinstance(model.detector.roi_heads.box_roi_pool, CPUMultiScaleRoIAlign)

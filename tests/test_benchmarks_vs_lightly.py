@@ -114,14 +114,19 @@ def test_both_sides_get_the_config_recipe(tmp_path: Path) -> None:
     assert callback["class_path"] == "vs_lightly.EpochTimer"
 
 
+def _three_classes(cifar_tree: Callable[..., Path], data: Path) -> Path:
+    """Real CIFAR-10 JPEGs of 3 classes: 16 training and 4 test images each."""
+    cifar_tree(data / "train", classes=("cat", "dog", "ship"), per_class=16)
+    cifar_tree(data / "test", classes=("cat", "dog", "ship"), per_class=4, split="test")
+    return data
+
+
 @pytest.mark.slow
 def test_our_side_end_to_end(
     cifar_tree: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """``visiontransfer fit`` with the injected timer, then the kNN of its checkpoint (no lightly)."""
-    data = tmp_path / "cifar"
-    cifar_tree(data / "train", classes=("cat", "dog", "ship"), per_class=16)
-    cifar_tree(data / "test", classes=("cat", "dog", "ship"), per_class=4, split="test")
+    data = _three_classes(cifar_tree, tmp_path / "cifar")
     results = vs.main([
         "--data", str(data), "--frameworks", "ours", "--images", "40", "--epochs", "2", "--repeats", "1",
         "--batch-size", "16", "--workers", "0", "--bank-per-class", "4", "--query", "12",
@@ -143,9 +148,7 @@ def test_our_side_end_to_end(
 def test_comparison_with_lightly_end_to_end(
     cifar_tree: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    data = tmp_path / "cifar"
-    cifar_tree(data / "train", classes=("cat", "dog", "ship"), per_class=16)
-    cifar_tree(data / "test", classes=("cat", "dog", "ship"), per_class=4, split="test")
+    data = _three_classes(cifar_tree, tmp_path / "cifar")
     results = vs.main([
         "--data", str(data), "--images", "40", "--epochs", "2", "--repeats", "1", "--batch-size", "16",
         "--workers", "1", "--bank-per-class", "4", "--query", "12", "--threads", "1",

@@ -39,7 +39,8 @@ TAR_RECORD = 10240
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Replace ``path`` atomically."""
+    """Replace ``path`` atomically. Not ``visiontransfer.checkpoint_io.atomic_write``: this file's
+    ``record`` step must work where the package (and torch) cannot be imported, to record why."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(path.name + ".partial")
     temp.write_text(json.dumps(data, indent=1, default=str) + "\n")

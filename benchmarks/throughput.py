@@ -59,7 +59,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -74,6 +73,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.ops import MultiScaleRoIAlign
 
 from visiontransfer.callbacks.summary import StepTimer
+from visiontransfer.checkpoint_io import atomic_write
 from visiontransfer.data import ClassificationDataModule, PretrainDataModule
 from visiontransfer.data.decode import load_rgb
 from visiontransfer.data.detection import DetectionDataModule
@@ -392,9 +392,7 @@ def describe_row(method: str, row: Row) -> str:
 
 def write_json(path: Path, figures: dict[str, Any]) -> None:
     """Replace ``path`` atomically (a kill leaves the last complete version)."""
-    temp = path.with_name(path.name + ".partial")
-    temp.write_text(json.dumps(figures, indent=1))
-    os.replace(temp, path)
+    atomic_write(path, lambda temp: Path(temp).write_text(json.dumps(figures, indent=1)))
 
 
 def model_figures(args: argparse.Namespace, figures: dict[str, Any] | None = None) -> dict[str, Row]:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from visiontransfer.checkpoint_io import atomic_write
 from visiontransfer.commands import report
 from visiontransfer.commands.lightning_cli import config_dir
 from visiontransfer.commands.quickstart_data import Plan, prepare_folder, suggested_image_size
@@ -166,9 +167,7 @@ def _claim(out: Path, args: list[str]) -> None:
             )
         return
     out.mkdir(parents=True, exist_ok=True)
-    tmp = record.with_suffix(".tmp")
-    tmp.write_text(json.dumps(args, indent=1))
-    os.replace(tmp, record)
+    atomic_write(record, lambda temp: Path(temp).write_text(json.dumps(args, indent=1)))
 
 
 @dataclass

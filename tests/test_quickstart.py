@@ -45,7 +45,9 @@ def small_folder(
     return root
 
 
-def test_quickstart_on_a_real_folder(small_folder: Path, tmp_path: Path, capsys) -> None:
+def test_quickstart_on_a_real_folder(
+    small_folder: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
     out = tmp_path / "qs"
     args = ["--data", str(small_folder), "--fast", "--workers", "0", "--out", str(out), "--fractions", "0.1"]
     result = quickstart.main(args)
@@ -56,7 +58,13 @@ def test_quickstart_on_a_real_folder(small_folder: Path, tmp_path: Path, capsys)
     ) == 3
     cells = (out / "report" / "cells.jsonl").read_text().splitlines()
     assert len(cells) == 2  # pretrained and scratch, one seed (--fast)
-    # Rerun: everything is found, nothing trains again.
+    # Rerun: everything is found, nothing trains again (the confusion matrices come from the cells).
+    from visiontransfer.commands import quickstart_summary
+
+    def no_training(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a cell was trained again for the summary")
+
+    monkeypatch.setattr(quickstart_summary, "fit_then_test", no_training)
     again = quickstart.main(args)
     assert "(found)" in capsys.readouterr().out and again["rows"] == result["rows"]
     # Another pretext into the same folder: refused in one line, the first run's files kept.
@@ -95,3 +103,25 @@ def test_minutes_picks_the_epochs_to_fit_the_budget(monkeypatch: pytest.MonkeyPa
     assert short.base_epochs <= long.base_epochs
     # Half of 2 minutes at 4 ms per image over 4096 images: 3 epochs.
     assert short.pretrain_epochs == int(60 / (0.004 * 4096)) and "--minutes 2" in short.notes[0]
+
+
+def test_tensorboard_logger_option_gets_metrics_and_pictures(tmp_path: Path) -> None:
+    """The README's TensorBoard option: a real colorization fit writes scalars and its picture grid
+    to TensorBoard event files (``tensorboard`` is an optional extra, in the dev tools)."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from visiontransfer.commands.lightning_cli import VisionTransferCLI, config_dir
+
+    VisionTransferCLI(args=[
+        "fit", "--config", str(config_dir() / "pretrain/colorization_quick.yaml"),
+        "--trainer.logger", "lightning.pytorch.loggers.TensorBoardLogger",
+        f"--trainer.logger.save_dir={tmp_path}", "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
+        "--trainer.limit_val_batches=1", "--trainer.log_every_n_steps=1", "--data.synthetic_size=96",
+        "--data.batch_size=8", "--data.num_workers=0", "--model.prior_batches=1",
+        f"--trainer.default_root_dir={tmp_path}",
+    ])  # fmt: skip
+    events = list(tmp_path.rglob("events.out.tfevents.*"))
+    assert events, f"no TensorBoard event file under {tmp_path}"
+    tags = EventAccumulator(str(events[0].parent)).Reload().Tags()
+    assert "train/loss" in tags["scalars"] and "val/colorization" in tags["images"]

@@ -107,6 +107,10 @@ def test_report_files_match_the_cells(finished: Path) -> None:
             assert len(top1) == 2 and all(0.0 <= t <= 1.0 for t in top1)
             assert mean == pytest.approx(sum(top1) / 2, abs=5e-4)
             assert std == pytest.approx(abs(top1[0] - top1[1]) / 2**0.5, abs=5e-4)
+    for cell in cells:  # each classifier cell keeps its test confusion matrix (truth x prediction)
+        matrix = torch.tensor(cell.confusion)
+        assert cell.classes is not None and matrix.shape == (len(cell.classes), len(cell.classes))
+        assert matrix.trace() / matrix.sum() == pytest.approx(cell.score, abs=1e-6)
     assert "labeled training images: 25%: 20, 100%: 72" in text and "test_resnet" in text
     with Image.open(finished / report.REPORT_PNG) as image:
         assert image.format == "PNG" and image.width > 300 and image.height > 200

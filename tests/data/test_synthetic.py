@@ -5,6 +5,7 @@ from __future__ import annotations
 import albumentations as A
 import numpy as np
 import pytest
+import torch
 
 from visiontransfer.data.datasets import SyntheticDataset
 from visiontransfer.data.synthetic import SHAPES, render_scene, scene_label
@@ -95,3 +96,39 @@ def test_synthetic_dataset_serves_scenes_in_order():
     assert sample["label"] == render_scene(3, 32, 10, 1).label
     assert sample["image"].shape == (3, 32, 32)
     np.testing.assert_array_equal(sample["image"].permute(1, 2, 0).numpy(), render_scene(3, 32, 10, 1).image)
+
+
+def test_no_shape_is_another_turned_by_quarter_turns():
+    """A quarter turn of an image never makes one class look like another (or like itself turned
+    back), so every class has a clear "up"."""
+    from visiontransfer.data.synthetic import _object_mask
+
+    masks = {s: _object_mask(s, 64, 32, 32, 26, 0.0) for s in SHAPES}
+    for a, mask in masks.items():
+        assert mask.mean() > 0.15, a  # a solid shape, not a sliver
+        for b, other in masks.items():
+            for quarter in range(1 if a == b else 0, 4):
+                turned = np.rot90(mask, quarter)
+                iou = (turned & other).sum() / (turned | other).sum()
+                assert iou < 0.85, (a, b, quarter, iou)
+
+
+def test_cached_scenes_equal_renders_and_the_cache_is_bounded(monkeypatch: pytest.MonkeyPatch):
+    from visiontransfer.data import datasets
+
+    rendered: list[int] = []
+    real = datasets.render_scene
+
+    def counting(index: int, *args: object):
+        rendered.append(index)
+        return real(index, *args)
+
+    monkeypatch.setattr(datasets, "render_scene", counting)
+    monkeypatch.setattr(datasets, "SCENE_CACHE_BYTES", 2 * 32 * 32 * 3)  # room for two scenes
+    dataset = SyntheticDataset(np.array([4, 7, 2]), A.Compose([]), image_size=32, num_classes=10, seed=0)
+    first = [dataset[i]["image"] for i in range(3)]
+    again = [dataset[i]["image"] for i in range(3)]
+    assert rendered == [4, 7, 2, 2]  # the first two were kept, the third did not fit
+    for a, b, scene in zip(first, again, (4, 7, 2), strict=True):
+        assert torch.equal(a, b)
+        np.testing.assert_array_equal(a.permute(1, 2, 0).numpy(), real(scene, 32, 10, 0).image)

@@ -56,3 +56,21 @@ def test_simclr_view_reproducible_with_generator() -> None:
     a = augment.simclr_view(images, 32, generator=torch.Generator().manual_seed(3), blur=True)
     b = augment.simclr_view(images, 32, generator=torch.Generator().manual_seed(3), blur=True)
     assert torch.equal(a, b) and a.shape == images.shape
+
+
+def test_simclr_view_hue_and_greyscale_options() -> None:
+    import pytest
+
+    red = torch.zeros(64, 3, 16, 16)
+    red[:, 0] = 0.9
+    grey = augment.simclr_view(red, 16, crop_scale=(1.0, 1.0), grayscale_p=1.0)
+    assert torch.allclose(grey[:, 0], grey[:, 1]) and torch.allclose(grey[:, 1], grey[:, 2])
+    paper = augment.simclr_view(red, 16, crop_scale=(1.0, 1.0), grayscale_p=0.0)  # hue ±0.1 turn
+    anyhue = augment.simclr_view(red, 16, (1.0, 1.0), 0.5, hue=0.5, grayscale_p=0.0)
+    # red stays the strongest channel under small hue shifts; any hue makes green or blue win often
+    assert (paper.mean(dim=(2, 3)).argmax(dim=1) == 0).all()
+    assert (anyhue.mean(dim=(2, 3)).argmax(dim=1) != 0).float().mean() > 0.3
+    with pytest.raises(ValueError, match=r"hue=0\.7"):
+        augment.simclr_view(red, 16, hue=0.7)
+    with pytest.raises(ValueError, match=r"grayscale_p=1\.5"):
+        augment.simclr_view(red, 16, grayscale_p=1.5)

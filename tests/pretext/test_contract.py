@@ -100,3 +100,14 @@ def test_every_method_exports_a_backbone_that_reloads(name: str, tmp_path: Path)
     model.eval()
     with torch.no_grad():
         torch.testing.assert_close(backbone(x), model.backbone(x), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "flag"),
+    [({"hue": 0.6}, "--model.hue=0.6"), ({"grayscale_p": -0.1}, "--model.grayscale_p=-0.1")],
+)
+def test_simclr_view_options_are_checked_naming_the_flag(kwargs: dict[str, float], flag: str) -> None:
+    from visiontransfer.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=flag.replace(".", r"\.")):
+        pretext.SimCLR(projection_hidden_dim=16, **TINY, **kwargs)  # type: ignore[arg-type]

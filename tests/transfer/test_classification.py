@@ -179,7 +179,7 @@ def test_metrics_confusion_image_and_predictions(tmp_path: Path) -> None:
     data = _data()
     trainer.fit(model, data)
     metrics = trainer.test(model, data, verbose=False)[0]
-    assert {"test/top1", "test/top5", "test/acc_disc"} <= set(metrics)
+    assert {"test/top1", "test/top5", "test/acc_triangle"} <= set(metrics)
     assert list(Path(trainer.log_dir, "images").glob("test_confusion_epoch*.png"))
     trainer.predict(model, data)
     with open(Path(trainer.log_dir, "predictions.csv")) as handle:

@@ -29,8 +29,9 @@ if TYPE_CHECKING:
 class Arms:
     """Test confusion matrices of both arms at the smallest label budget, first seed.
 
-    They come from running those two cells' commands again: a cell is deterministic, so the
-    models are the ones the report scored (and their top-1 is the cells').
+    They come from the cells (which record them); a cell recorded without one (an older
+    ``cells.jsonl``) is run again: a cell is deterministic, so the model is the one the report
+    scored.
     """
 
     fraction: float
@@ -45,6 +46,14 @@ class Arms:
         fraction, seed = min(plan.fractions), plan.seeds[0]
         confusion, top1, names = {}, {}, []
         for backbone in backbones:
+            cell = next(
+                (c for c in cells if (c.backbone, c.fraction, c.seed) == (backbone.name, fraction, seed)),
+                None,
+            )
+            if cell is not None and cell.confusion is not None and cell.classes is not None:
+                confusion[backbone.name] = torch.tensor(cell.confusion)
+                top1[backbone.name], names = cell.score, cell.classes
+                continue
             args = report.cell_args(backbone, recipe, fraction, seed, plan.settings())
             cli, metrics = fit_then_test(
                 [*args, *report.RUN_ONLY, f"--data.num_workers={plan.workers}"], save_config=False

@@ -171,7 +171,8 @@ class Cell:
     """One finished (backbone, recipe, fraction, seed) run; a line of ``cells.jsonl``.
 
     ``score`` is the test metric of the settings (``metric``); cells written by release 0.1 call
-    it ``top1``.
+    it ``top1``. ``confusion`` (rows: truth, columns: prediction) and ``classes`` are the test
+    confusion matrix of a classifier and its class names (None for other tasks and older cells).
     """
 
     backbone: str
@@ -185,6 +186,8 @@ class Cell:
     key: dict[str, Any] = field(compare=False)
     metric: str = "test/top1"
     command: str = ""
+    confusion: list[list[int]] | None = field(default=None, compare=False)
+    classes: list[str] | None = field(default=None, compare=False)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Cell:
@@ -379,11 +382,14 @@ def run_cell(backbone: Backbone, recipe: str, fraction: float, seed: int, settin
             f"--recipes {recipe}: its test gives {sorted(metrics)}, not {settings.metric!r}; "
             "choose the metric with --metric"
         )
+    confusion = getattr(cli.model, "last_confusion", {}).get("test")
+    classes = getattr(cli.model, "class_names", None)
     return Cell(
         backbone.name, recipe, fraction, seed, len(cli.datamodule.datasets["train"]),
         metrics[settings.metric], epochs_for(fraction, settings.base_epochs), time.perf_counter() - start,
         cell_key(backbone, recipe, fraction, seed, settings), settings.metric,
         "visiontransfer fit " + shlex.join(args),
+        None if confusion is None else confusion.int().tolist(), None if classes is None else list(classes),
     )  # fmt: skip
 
 
@@ -536,7 +542,7 @@ def plot_label_efficiency(
             ax.errorbar(
                 [p.labels for p in points], [p.mean for p in points], yerr=[p.std for p in points],
                 color=f"C{b % 10}", linestyle=("-", "--", ":", "-.")[s % 4], marker="o", capsize=3,
-                label=f"{backbone} / {recipe}",
+                label=backbone if len(recipes) == 1 else f"{backbone} / {Path(recipe).stem}",
             )  # fmt: skip
     ax.set_xscale("log")
     ticks = {r.labels: r.fraction for r in rows}

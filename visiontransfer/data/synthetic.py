@@ -4,19 +4,24 @@ No files and nothing to download: scene ``i`` of seed ``s`` is drawn from ``defa
 so the same index always gives the same pixels, in any worker. The class of a scene is the shape
 of its main object; everything else varies and carries no label, as in photos:
 
-- **colour and texture**: the object is one random colour, or stripes of two at a random angle;
-- **scale, pose and position**: the object covers 26–44 % of the side, is turned by up to ±30°
-  (so the square and the diamond stay distinct) and lies anywhere in the image;
-- **background and clutter**: one of five backgrounds (sky over textured ground, a smooth colour
-  gradient, noise, stripes, a checkerboard) under random strokes and blobs, and up to two small
-  distractor objects of other classes.
+- **colour**: the object is one random colour, clearly apart from what lies under it;
+- **scale, pose and position**: the object covers 26–44 % of the side, is turned by up to ±20°
+  and lies anywhere in the image;
+- **background and clutter**: a smooth gradient between two random colours, horizontal or
+  vertical, under up to two random strokes or blobs, and at most one small distractor object of
+  another class.
 
-A classifier trained on a few labels from scratch latches onto colour and background; what a
-pretext learns from many unlabeled scenes (that shape is what persists across crops and colour
-changes) is what transfer needs, so the embedded set shows pretraining paying, on a CPU, in
-minutes. Every object has a box and a mask (``mask``: 0 background, ``k + 1`` for class ``k``),
-so classification, detection and segmentation all run without data. It is no substitute for
-real images: readers are tested on real files from ``../shared/data``.
+Each shape has a clear "up" and none is another turned (so a turn of the image never turns one
+class into another). A classifier trained on a few labels from scratch latches onto colour and
+background; what a pretext learns from many unlabeled scenes (that shape is what persists across
+crops and colour changes) is what transfer needs, so the embedded set shows pretraining paying, on
+a CPU, in minutes. Stronger nuisances hurt the pretext more than scratch: striped two-colour
+objects and noise, stripe or checkerboard backgrounds give contrastive views a per-image cue (the
+same texture in both views) to match instead of the shape; in short SimCLR runs at 32 px a linear
+probe fell from 0.26 to 0.23 with striped objects and to 0.15 with half the backgrounds noise.
+Every object has a box and a mask (``mask``: 0 background, ``k + 1`` for class ``k``), so
+classification, detection and segmentation all run without data. It is no substitute for real
+images: readers are tested on real files from ``../shared/data``.
 """
 
 from __future__ import annotations
@@ -28,22 +33,21 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 SHAPES: tuple[str, ...] = (
-    "disc",
-    "square",
     "triangle",
-    "diamond",
-    "cross",
-    "ring",
-    "star",
     "house",
     "arrow",
     "half_disc",
+    "tee",
+    "ell",
+    "crescent",
+    "heart",
+    "flag",
+    "drop",
 )
 """Class names of the embedded set, in label order."""
 
-MAX_TURN_DEGREES = 30.0
-"""Objects turn by at most this much: the square and the diamond (the square turned by 45°)
-stay distinct classes."""
+MAX_TURN_DEGREES = 20.0
+"""Objects turn by at most this much either way."""
 
 
 @dataclass(frozen=True)
@@ -61,24 +65,25 @@ class SyntheticSample:
 
 
 def _outline(shape: str) -> list[list[tuple[float, float]]]:
-    """The filled polygons of a shape in a unit box ``[-1, 1]²`` (y down); a ring has two (the
-    outer one filled, the inner one cut out)."""
+    """The polygons of a shape in a unit box ``[-1, 1]²`` (y down): the first is filled, later
+    ones are cut out of it (the crescent)."""
     circle = [(math.cos(2 * math.pi * k / 40), math.sin(2 * math.pi * k / 40)) for k in range(40)]
-    star = [(1.0 if k % 2 == 0 else 0.45, -math.pi / 2 + k * math.pi / 5) for k in range(10)]  # (r, angle)
-    a = 0.35
+    heart = [2 * math.pi * k / 48 for k in range(48)]
+    drop = [math.pi * (-0.25 + 1.5 * k / 29) for k in range(30)]
     outlines: dict[str, list[list[tuple[float, float]]]] = {
-        "disc": [circle],
-        "ring": [circle, [(0.6 * x, 0.6 * y) for x, y in circle]],
-        "half_disc": [[(math.cos(math.pi * (1 + k / 20)), math.sin(math.pi * (1 + k / 20)) + 0.5)
-                       for k in range(21)]],
-        "square": [[(-1, -1), (1, -1), (1, 1), (-1, 1)]],
         "triangle": [[(0, -1), (1, 1), (-1, 1)]],
-        "diamond": [[(0, -1), (1, 0), (0, 1), (-1, 0)]],
-        "cross": [[(-a, -1), (a, -1), (a, -a), (1, -a), (1, a), (a, a), (a, 1), (-a, 1), (-a, a),
-                   (-1, a), (-1, -a), (-a, -a)]],
-        "star": [[(radius * math.cos(angle), radius * math.sin(angle)) for radius, angle in star]],
         "house": [[(-1, 1), (-1, -0.1), (0, -1), (1, -0.1), (1, 1)]],
         "arrow": [[(0, -1), (1, 0), (0.4, 0), (0.4, 1), (-0.4, 1), (-0.4, 0), (-1, 0)]],
+        "half_disc": [[(math.cos(math.pi * (1 + k / 20)), math.sin(math.pi * (1 + k / 20)) + 0.5)
+                       for k in range(21)]],
+        "tee": [[(-1, -1), (1, -1), (1, -0.4), (0.3, -0.4), (0.3, 1), (-0.3, 1), (-0.3, -0.4), (-1, -0.4)]],
+        "ell": [[(-0.8, -1), (-0.2, -1), (-0.2, 0.4), (0.8, 0.4), (0.8, 1), (-0.8, 1)]],
+        "crescent": [circle, [(0.85 * x, 0.85 * y - 0.35) for x, y in circle]],
+        "heart": [[(16 * math.sin(t) ** 3 / 17,
+                    -(13 * math.cos(t) - 5 * math.cos(2 * t) - 2 * math.cos(3 * t) - math.cos(4 * t)) / 17)
+                   for t in heart]],
+        "flag": [[(-0.8, -1), (-0.5, -1), (-0.5, -0.9), (0.9, -0.55), (-0.5, -0.2), (-0.5, 1), (-0.8, 1)]],
+        "drop": [[(0, -1), *[(0.65 * math.cos(t), 0.35 + 0.65 * math.sin(t)) for t in drop]]],
     }  # fmt: skip
     if shape not in outlines:
         raise ValueError(f"shape={shape!r} is not one of {SHAPES}")
@@ -101,47 +106,21 @@ def _colour(rng: np.random.Generator) -> np.ndarray:
     return rng.uniform(0, 255, size=3)
 
 
-def _stripes(rng: np.random.Generator, size: int, period: float) -> np.ndarray:
-    """``(size, size)`` float in {0, 1}: stripes of a random angle and phase."""
-    angle = rng.uniform(0, math.pi)
-    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
-    wave = np.sin((xs * math.cos(angle) + ys * math.sin(angle)) * 2 * math.pi / period + rng.uniform(0, 6.3))
-    return (wave > 0).astype(np.float32)
-
-
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """One of five backgrounds: ``(size, size, 3) float32`` in 0..255."""
-    kind = int(rng.integers(5))
-    rows = np.arange(size, dtype=np.float32)[:, None, None] / size  # (H, 1, 1)
+    """A smooth gradient between two random colours, horizontal or vertical: ``(size, size, 3)
+    float32`` in 0..255."""
     first, second = _colour(rng), _colour(rng)
-    if kind == 0:  # sky over textured ground
-        horizon = rng.uniform(0.35, 0.65)
-        ground = (rows >= horizon).astype(np.float32)
-        image = (1 - ground) * first * (1.0 - 0.35 * rows) + ground * second
-        image = image + rng.normal(0.0, 10.0, size=(size, size, 1)) * ground
-    elif kind == 1:  # smooth gradient at a random angle
-        t = np.broadcast_to(np.linspace(0, 1, size, dtype=np.float32)[None, :], (size, size))
-        t = t if rng.random() < 0.5 else t.T
-        image = first + (second - first) * t[..., None]
-    elif kind == 2:  # coloured noise around a colour
-        image = first + rng.normal(0.0, 35.0, size=(size, size, 3))
-    elif kind == 3:  # stripes
-        mix = _stripes(rng, size, period=rng.uniform(0.12, 0.3) * size)[..., None]
-        image = first * mix + second * (1 - mix)
-    else:  # checkerboard
-        cell = max(2, int(size * rng.uniform(0.1, 0.25)))
-        ys, xs = np.mgrid[0:size, 0:size]
-        mix = (((ys // cell) + (xs // cell)) % 2).astype(np.float32)[..., None]
-        image = first * mix + second * (1 - mix)
-    return np.broadcast_to(image, (size, size, 3)).astype(np.float32)
+    t = np.broadcast_to(np.linspace(0, 1, size, dtype=np.float32)[None, :], (size, size))
+    t = t if rng.random() < 0.5 else t.T
+    return (first + (second - first) * t[..., None]).astype(np.float32)
 
 
 def _clutter(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
-    """Random strokes and blobs over the background."""
+    """Up to two random strokes or blobs over the background."""
     size = image.shape[0]
     canvas = Image.fromarray(np.clip(image, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(canvas)
-    for _ in range(int(rng.integers(2, 7))):
+    for _ in range(int(rng.integers(0, 3))):
         x0, y0, x1, y1 = (float(v) for v in rng.uniform(0, size, size=4))
         fill = tuple(int(c) for c in _colour(rng))
         if rng.random() < 0.5:
@@ -153,22 +132,15 @@ def _clutter(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
 
 
 def _paint(rng: np.random.Generator, image: np.ndarray, where: np.ndarray) -> None:
-    """Fill the pixels ``where`` with one colour or with stripes of two, in place; the colour
-    differs clearly from the background under the object."""
-    size = image.shape[0]
+    """Fill the pixels ``where`` with one colour, in place; the colour differs clearly from the
+    background under the object."""
     below = image[where].mean(axis=0) if where.any() else np.full(3, 127.0)
     colour = _colour(rng)
     for _ in range(8):  # keep the object visible against what lies under it
         if np.abs(colour - below).sum() > 120:
             break
         colour = _colour(rng)
-    if rng.random() < 0.35:
-        mix = _stripes(rng, size, period=rng.uniform(0.08, 0.2) * size)[..., None]
-        other = _colour(rng)
-        fill = colour * mix + other * (1 - mix)
-        image[where] = fill[where]
-    else:
-        image[where] = colour
+    image[where] = colour
 
 
 def _place(
@@ -208,7 +180,7 @@ def render_scene(index: int, image_size: int = 64, num_classes: int = 10, seed: 
     label = int(rng.integers(num_classes))  # first draw: scene_label() repeats it cheaply
     image = _clutter(rng, _background(rng, image_size))
     objects = [(label, (0.26, 0.44))]
-    for _ in range(int(rng.integers(0, 3))):
+    for _ in range(int(rng.integers(0, 2))):
         other = int(rng.integers(num_classes - 1))
         objects.append((other + (other >= label), (0.07, 0.11)))
     mask = np.zeros((image_size, image_size), dtype=np.uint8)

@@ -192,6 +192,8 @@ def simclr_view(
     jitter_strength: float = 0.5,
     blur: bool = False,
     generator: RandomSource = None,
+    hue: float | None = None,
+    grayscale_p: float = 0.2,
 ) -> Tensor:
     """One SimCLR view: random resized crop, flip, colour jitter (p 0.8), greyscale (p 0.2),
     optionally blur (p 0.5; the paper blurs on ImageNet, not CIFAR).
@@ -203,12 +205,22 @@ def simclr_view(
         jitter_strength: ``s`` of the paper: brightness/contrast/saturation 0.8 s, hue 0.2 s.
         blur: Apply Gaussian blur.
         generator: Random source.
+        hue: Largest hue shift, in turns (0.5: any hue); None: the paper's ``0.2 s``.
+        grayscale_p: Probability of a greyscale view.
+
+    Raises:
+        ValueError: ``hue`` outside [0, 0.5] or ``grayscale_p`` outside [0, 1].
     """
     s = jitter_strength
+    hue = 0.2 * s if hue is None else hue
+    if not 0 <= hue <= 0.5:
+        raise ValueError(f"hue={hue} must be in [0, 0.5] (a share of a full turn)")
+    if not 0 <= grayscale_p <= 1:
+        raise ValueError(f"grayscale_p={grayscale_p} must be in [0, 1]")
     view = random_resized_crop(images, size, crop_scale, generator=generator)
     view = random_hflip(view, generator=generator)
-    view = color_jitter(view, 0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s, p=0.8, generator=generator)
-    view = random_grayscale(view, p=0.2, generator=generator)
+    view = color_jitter(view, 0.8 * s, 0.8 * s, 0.8 * s, hue, p=0.8, generator=generator)
+    view = random_grayscale(view, p=grayscale_p, generator=generator)
     if blur:
         view = random_gaussian_blur(view, p=0.5, generator=generator)
     return view

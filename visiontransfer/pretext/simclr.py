@@ -31,6 +31,10 @@ class SimCLR(PretextModule):
         crop_scale_min: Smallest area share of a random crop.
         jitter_strength: Colour jitter strength ``s`` (paper: 0.5 on CIFAR-10, 1.0 on ImageNet).
         blur: Gaussian blur in the views (paper: on ImageNet, not on CIFAR).
+        hue: Largest hue shift of the colour jitter, in turns (0.5: any hue); None: the paper's
+            ``0.2 * jitter_strength``. Where object colour carries no meaning (the embedded set),
+            0.5 stops the views from being matched by their colours.
+        grayscale_p: Probability of a greyscale view (paper: 0.2).
         **kwargs: Backbone and optimizer arguments of :class:`PretextModule`.
     """
 
@@ -42,9 +46,13 @@ class SimCLR(PretextModule):
         crop_scale_min: float = 0.08,
         jitter_strength: float = 0.5,
         blur: bool = False,
+        hue: float | None = None,
+        grayscale_p: float = 0.2,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        require(hue is None or 0 <= hue <= 0.5, "model", "hue", hue, "must be in [0, 0.5] turns, or null")
+        require(0 <= grayscale_p <= 1, "model", "grayscale_p", grayscale_p, "must be in [0, 1]")
         require(temperature > 0, "model", "temperature", temperature, "must be > 0")
         require(0 < crop_scale_min <= 1, "model", "crop_scale_min", crop_scale_min, "must be in (0, 1]")
         self.projection = MLPHead(self.num_features, projection_dim, projection_hidden_dim)
@@ -52,13 +60,26 @@ class SimCLR(PretextModule):
         self.crop_scale = (crop_scale_min, 1.0)
         self.jitter_strength = jitter_strength
         self.blur = blur
+        self.hue = hue
+        self.grayscale_p = grayscale_p
 
     def views(self, images: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """Two augmented views ``(B, 3, H, W)`` (uint8 range floats) of a uint8 batch."""
         x = images.float() / 255.0
         size = images.shape[-1]
-        v1 = simclr_view(x, size, self.crop_scale, self.jitter_strength, self.blur, generator)
-        v2 = simclr_view(x, size, self.crop_scale, self.jitter_strength, self.blur, generator)
+        v1, v2 = (
+            simclr_view(
+                x,
+                size,
+                self.crop_scale,
+                self.jitter_strength,
+                self.blur,
+                generator,
+                self.hue,
+                self.grayscale_p,
+            )
+            for _ in range(2)
+        )
         return v1 * 255.0, v2 * 255.0
 
     def project(self, views: Tensor) -> Tensor:

@@ -125,3 +125,22 @@ def test_tensorboard_logger_option_gets_metrics_and_pictures(tmp_path: Path) -> 
     assert events, f"no TensorBoard event file under {tmp_path}"
     tags = EventAccumulator(str(events[0].parent)).Reload().Tags()
     assert "train/loss" in tags["scalars"] and "val/colorization" in tags["images"]
+
+
+def test_minutes_steps_the_image_size_down_when_too_few_epochs_fit(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    options = argparse.Namespace(
+        pretext="simclr", fractions=None, seeds=[0], image_size=96, data=None, workers=0, fast=False
+    )
+    plan = quickstart.default_plan(options)
+    monkeypatch.setattr(quickstart, "_calibrate", lambda plan, out: (0.02, 0.01))  # s per image at 96 px
+    # 1 minute: half of it at 20 ms per image over 4096 images is 0.4 epochs at 96 px; at 32 px (a
+    # ninth of the pixels) 3.3 epochs, the first size where MIN_PRETRAIN_EPOCHS fit.
+    small = quickstart.budget_plan(plan, 1, tmp_path)
+    assert small.image_size == 32 and small.pretrain_epochs == int(30 / (0.02 / 9 * 4096))
+    assert "image size 32 px (from 96)" in small.notes[0]
+    fixed = quickstart.budget_plan(plan, 1, tmp_path, fixed_size=True)  # --image-size given: kept
+    assert fixed.image_size == 96 and fixed.pretrain_epochs == 1
+    roomy = quickstart.budget_plan(plan, 60, tmp_path)
+    assert roomy.image_size == 96

@@ -65,20 +65,43 @@ def _pretext_config(name: str) -> str:
     raise ConfigError(f"--pretext={name!r}: choose {', '.join(PRETEXTS)} or give a pretext YAML config")
 
 
-def budget_plan(plan: Plan, minutes: float, out: Path) -> Plan:
-    """Epochs that fit ``minutes``: half the time pretrains, half transfers (measured speeds of a
-    few steps of each, per image)."""
-    pretrain_s, transfer_s = _calibrate(plan, out)
+MIN_PRETRAIN_EPOCHS = 3
+"""Under ``--minutes``, fewer pretraining epochs than this at the chosen image size make the
+quickstart try a smaller size (unless ``--image-size`` was given)."""
+
+BUDGET_SIZES = (224, 160, 128, 96, 64, 48, 32)
+"""Image sides ``--minutes`` steps down through."""
+
+
+def budget_plan(plan: Plan, minutes: float, out: Path, fixed_size: bool = False) -> Plan:
+    """Epochs, and the image size unless ``fixed_size``, that fit ``minutes``: half the time
+    pretrains, half transfers (measured speeds of a few steps of each, per image). The size steps
+    down (time per image taken to scale with the pixels) while fewer than
+    :data:`MIN_PRETRAIN_EPOCHS` pretraining epochs would fit."""
+    measured = pretrain_s, transfer_s = _calibrate(plan, out)
     budget = minutes * 60.0
     images = _pretrain_images(plan)
+    size = plan.image_size
+    while (
+        not fixed_size
+        and size > BUDGET_SIZES[-1]
+        and 0.5 * budget < MIN_PRETRAIN_EPOCHS * pretrain_s * images
+    ):
+        smaller = next(s for s in BUDGET_SIZES if s < size)
+        pretrain_s, transfer_s = (t * (smaller / size) ** 2 for t in (pretrain_s, transfer_s))
+        size = smaller
     pretrain_epochs = max(1, int(0.5 * budget / max(pretrain_s * images, 1e-6)))
     cell_images = {f: _labeled(plan, f) for f in plan.fractions}
     base = plan.base_epochs
     while base > 2 and _transfer_seconds(plan, base, cell_images, transfer_s) > 0.5 * budget:
         base = int(base * 0.8)
-    notes = [f"--minutes {minutes:g}: {pretrain_epochs} pretraining epochs, transfer base epochs {base} "
-             f"(measured {pretrain_s * 1000:.1f} / {transfer_s * 1000:.1f} ms per image)"]  # fmt: skip
-    return replace(plan, pretrain_epochs=min(pretrain_epochs, 200), base_epochs=base, notes=notes)
+    resized = f", image size {size} px (from {plan.image_size})" if size != plan.image_size else ""
+    per_image = " / ".join(f"{t * 1000:.1f}" for t in measured)
+    notes = [f"--minutes {minutes:g}: {pretrain_epochs} pretraining epochs, transfer base epochs {base}"
+             f"{resized} (measured at {plan.image_size} px: {per_image} ms per image)"]  # fmt: skip
+    return replace(
+        plan, pretrain_epochs=min(pretrain_epochs, 200), base_epochs=base, image_size=size, notes=notes
+    )
 
 
 def _pretrain_images(plan: Plan) -> int:
@@ -255,7 +278,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", default=None, help="class-per-folder tree or train/ + test/ trees "
                         "(default: the embedded procedural set)")  # fmt: skip
     parser.add_argument("--pretext", default="simclr", help=f"{', '.join(PRETEXTS)} or a pretext YAML config")
-    parser.add_argument("--minutes", type=float, default=None, help="time budget: picks the epochs")
+    parser.add_argument(
+        "--minutes",
+        type=float,
+        default=None,
+        help="time budget: picks the epochs (and the image size, unless --image-size is given)",
+    )
     parser.add_argument("--fractions", type=float, nargs="+", default=None,
                         help="label budgets (default: 0.1 embedded; 0.1 1.0 with --data)")  # fmt: skip
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -270,12 +298,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def plan_from(options: argparse.Namespace, out: Path) -> Plan:
     """The plan of a command line: the data prepared, the image size chosen, the budget met."""
+    fixed_size = options.image_size is not None
     if options.data is not None:
         options.data = str(prepare_folder(options.data, out / "data"))
         options.image_size = options.image_size or suggested_image_size(Path(options.data) / "train")
     plan = default_plan(options)
     if options.minutes is not None and not options.fast:
-        plan = budget_plan(plan, options.minutes, out)
+        plan = budget_plan(plan, options.minutes, out, fixed_size)
     return plan
 
 

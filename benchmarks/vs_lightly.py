@@ -45,7 +45,8 @@ Measured, identically for both sides:
 
 Where the two sides differ (``SimCLRTransform`` is set to our config's values: crop scale
 (0.08, 1), aspect (3/4, 4/3), flip 0.5, colour jitter p 0.8 with brightness/contrast/saturation
-0.8 s and hue 0.2 s for strength s = ``jitter_strength`` 0.5, greyscale p 0.2, blur off as
+0.8 s and hue 0.2 s (or the config's ``hue``) for strength s = ``jitter_strength`` 0.5, greyscale p
+0.2 (or ``grayscale_p``), blur off as
 ``blur: false``, ImageNet normalisation):
 
 - *where augmentations run*: ours decodes in the workers and makes the two views batched in the
@@ -500,9 +501,12 @@ def lightly_child(spec_file: str) -> None:
     model = SimCLRModel()
     mean, std = normalization(model.backbone, hp["in_chans"])
     s = hp["jitter_strength"]
+    hue = hp.get("hue")  # ours: the largest shift in turns (None: 0.2 s); lightly: cj_strength * cj_hue
+    cj_hue = 0.2 if hue is None or s <= 0 else hue / s
+    grey = hp.get("grayscale_p", 0.2)
     transform = SimCLRTransform(
         input_size=spec["image_size"], cj_prob=0.8, cj_strength=s, cj_bright=0.8, cj_contrast=0.8,
-        cj_sat=0.8, cj_hue=0.2, min_scale=hp["crop_scale_min"], random_gray_scale=0.2,
+        cj_sat=0.8, cj_hue=cj_hue, min_scale=hp["crop_scale_min"], random_gray_scale=grey,
         gaussian_blur=0.5 if hp["blur"] else 0.0, sigmas=(0.1, 2.0), hf_prob=0.5,
         normalize={"mean": list(mean), "std": list(std)},
     )  # fmt: skip

@@ -67,6 +67,21 @@ def test_quickstart_on_a_real_folder(
     monkeypatch.setattr(quickstart_summary, "fit_then_test", no_training)
     again = quickstart.main(args)
     assert "(found)" in capsys.readouterr().out and again["rows"] == result["rows"]
+    # Cells of an older release (no confusion matrix): the summary runs the first seed's two cells.
+    import json
+
+    from visiontransfer.commands.lightning_cli import fit_then_test
+
+    cells_file = out / "report" / "cells.jsonl"
+    old = [{k: v for k, v in json.loads(line).items() if k not in ("confusion", "classes")}
+           for line in cells_file.read_text().splitlines()]  # fmt: skip
+    cells_file.write_text("".join(json.dumps(c) + "\n" for c in old))
+    runs: list[object] = []
+    monkeypatch.setattr(
+        quickstart_summary, "fit_then_test", lambda *a, **k: runs.append(a) or fit_then_test(*a, **k)
+    )
+    assert quickstart.main(args)["rows"] == result["rows"] and len(runs) == 2
+    capsys.readouterr()
     # Another pretext into the same folder: refused in one line, the first run's files kept.
     with pytest.raises(SystemExit) as exited:
         quickstart.main([*args, "--pretext", "rotation"])

@@ -35,7 +35,7 @@ def test_image_boxes_and_labels_are_consistent(size: int):
         assert scene.image.shape == (size, size, 3) and scene.image.dtype == np.uint8
         assert scene.boxes.dtype == np.float32 and scene.box_labels.dtype == np.int64
         assert scene.boxes.shape == (len(scene.box_labels), 4)
-        assert 1 <= len(scene.box_labels) <= 3
+        assert 1 <= len(scene.box_labels) <= 2  # the main object and at most one distractor
         x0, y0, x1, y1 = scene.boxes.T
         assert (x0 >= 0).all() and (y0 >= 0).all() and (x1 <= size).all() and (y1 <= size).all()
         assert (x1 - x0 >= 1).all() and (y1 - y0 >= 0.5).all()  # non-degenerate
@@ -132,3 +132,17 @@ def test_cached_scenes_equal_renders_and_the_cache_is_bounded(monkeypatch: pytes
     for a, b, scene in zip(first, again, (4, 7, 2), strict=True):
         assert torch.equal(a, b)
         np.testing.assert_array_equal(a.permute(1, 2, 0).numpy(), real(scene, 32, 10, 0).image)
+    # A real training transform (crop, flip) leaves the kept scenes as rendered, and they are read-only.
+    from visiontransfer.data.transforms import train_transform
+
+    augmented = SyntheticDataset(np.array([4, 7]), train_transform(32, "crop_flip"), 32, 10, 0)
+    for _ in range(3):
+        for i in range(2):
+            augmented[i]
+    for i, scene in enumerate((4, 7)):
+        kept = augmented.scene_image(i)
+        assert not kept.flags.writeable
+        np.testing.assert_array_equal(kept, real(scene, 32, 10, 0).image)
+    import pickle
+
+    assert pickle.loads(pickle.dumps(augmented))._rendered == {}  # spawned workers render their own

@@ -63,13 +63,19 @@ def test_simclr_view_hue_and_greyscale_options() -> None:
 
     red = torch.zeros(64, 3, 16, 16)
     red[:, 0] = 0.9
-    grey = augment.simclr_view(red, 16, crop_scale=(1.0, 1.0), grayscale_p=1.0)
+
+    def rng() -> torch.Generator:
+        return torch.Generator().manual_seed(0)
+
+    grey = augment.simclr_view(red, 16, crop_scale=(1.0, 1.0), grayscale_p=1.0, generator=rng())
     assert torch.allclose(grey[:, 0], grey[:, 1]) and torch.allclose(grey[:, 1], grey[:, 2])
-    paper = augment.simclr_view(red, 16, crop_scale=(1.0, 1.0), grayscale_p=0.0)  # hue ±0.1 turn
-    anyhue = augment.simclr_view(red, 16, (1.0, 1.0), 0.5, hue=0.5, grayscale_p=0.0)
+    paper = augment.simclr_view(red, 16, (1.0, 1.0), grayscale_p=0.0, generator=rng())  # hue ±0.1 turn
+    anyhue = augment.simclr_view(red, 16, (1.0, 1.0), 0.5, hue=0.5, grayscale_p=0.0, generator=rng())
     # red stays the strongest channel under small hue shifts; any hue makes green or blue win often
     assert (paper.mean(dim=(2, 3)).argmax(dim=1) == 0).all()
     assert (anyhue.mean(dim=(2, 3)).argmax(dim=1) != 0).float().mean() > 0.3
+    strong = augment.simclr_view(red, 16, jitter_strength=3.0, generator=rng())  # 0.2 s capped at 0.5
+    assert strong.shape == red.shape
     with pytest.raises(ValueError, match=r"hue=0\.7"):
         augment.simclr_view(red, 16, hue=0.7)
     with pytest.raises(ValueError, match=r"grayscale_p=1\.5"):

@@ -3,7 +3,7 @@ pretext on the images without their labels, fine-tune the backbone on a few labe
 network from scratch on the same labels, several seeds, and answer in numbers and pictures.
 
 Without ``--data`` it runs on the embedded procedural set, where shape is the class and colour,
-texture, scale, pose, background and clutter are nuisances: a few minutes on a laptop CPU show
+scale, pose, position, background and clutter are nuisances: a few minutes on a laptop CPU show
 pretraining paying. With ``--data DIR`` (a class-per-folder tree, or ``train/`` + ``test/`` trees)
 it runs on your images: the pretext on the training images (labels unused), transfer at a few
 label budgets against scratch through :mod:`visiontransfer.commands.report` (each cell one
@@ -76,8 +76,9 @@ BUDGET_SIZES = (224, 160, 128, 96, 64, 48, 32)
 def budget_plan(plan: Plan, minutes: float, out: Path, fixed_size: bool = False) -> Plan:
     """Epochs, and the image size unless ``fixed_size``, that fit ``minutes``: half the time
     pretrains, half transfers (measured speeds of a few steps of each, per image). The size steps
-    down (time per image taken to scale with the pixels) while fewer than
-    :data:`MIN_PRETRAIN_EPOCHS` pretraining epochs would fit."""
+    down while fewer than :data:`MIN_PRETRAIN_EPOCHS` pretraining epochs would fit, with the time
+    per image estimated to scale with the pixels (optimistic for small images, where per-step
+    overheads weigh more: the plan is an estimate, the bar shows the real time left)."""
     measured = pretrain_s, transfer_s = _calibrate(plan, out)
     budget = minutes * 60.0
     images = _pretrain_images(plan)

@@ -172,7 +172,8 @@ class Cell:
 
     ``score`` is the test metric of the settings (``metric``); cells written by release 0.1 call
     it ``top1``. ``confusion`` (rows: truth, columns: prediction) and ``classes`` are the test
-    confusion matrix of a classifier and its class names (None for other tasks and older cells).
+    confusion matrix of a classifier and its class names (None for other tasks, for more than
+    :data:`MAX_CONFUSION_CLASSES` classes and in older cells).
     """
 
     backbone: str
@@ -364,6 +365,10 @@ def quiet() -> Iterator[None]:
                 log.setLevel(level)
 
 
+MAX_CONFUSION_CLASSES = 100
+"""A classifier cell records its test confusion matrix up to this many classes."""
+
+
 def run_cell(backbone: Backbone, recipe: str, fraction: float, seed: int, settings: Settings) -> Cell:
     """Train and test one cell with its recipe, in this process: ``seed`` seeds the weights, the
     augmentation and the label subset.
@@ -383,7 +388,9 @@ def run_cell(backbone: Backbone, recipe: str, fraction: float, seed: int, settin
             "choose the metric with --metric"
         )
     confusion = getattr(cli.model, "last_confusion", {}).get("test")
-    classes = getattr(cli.model, "class_names", None)
+    if confusion is not None and len(confusion) > MAX_CONFUSION_CLASSES:
+        confusion = None  # a cells.jsonl line stays small (append_cell repairs lines within 1 MiB)
+    classes = None if confusion is None else getattr(cli.model, "class_names", None)
     return Cell(
         backbone.name, recipe, fraction, seed, len(cli.datamodule.datasets["train"]),
         metrics[settings.metric], epochs_for(fraction, settings.base_epochs), time.perf_counter() - start,

@@ -90,13 +90,14 @@ class ImageFileDataset(Dataset[Sample | Skipped]):
 
 
 SCENE_CACHE_BYTES = 256 * 2**20
-"""Rendered scenes each worker keeps (a scene is the same every epoch, so later epochs skip the
-rendering, about 0.5 ms a scene at 32 px); scenes past this many bytes are rendered each time."""
+"""Bytes of rendered scenes a dataset keeps in each process (a scene is the same every epoch, so a
+scene a worker has seen once is not rendered again; about 0.5 ms a scene at 32 px); scenes past
+this are rendered each time. Train, validation and test datasets have a cache each."""
 
 
 class SyntheticDataset(Dataset[Sample]):
     """Scenes of the embedded default set (:func:`render_scene`), rendered on the fly and kept
-    (up to :data:`SCENE_CACHE_BYTES` per process) for the next epoch.
+    (up to :data:`SCENE_CACHE_BYTES` per process, not pickled to spawned workers) for later epochs.
 
     Args:
         scenes: Scene numbers served, in order (disjoint splits use disjoint numbers).
@@ -127,6 +128,11 @@ class SyntheticDataset(Dataset[Sample]):
 
     def __len__(self) -> int:
         return len(self.scenes)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_rendered"], state["_rendered_bytes"] = {}, 0  # each process renders its own
+        return state
 
     def scene_image(self, index: int) -> np.ndarray:
         """The ``(H, W, 3) uint8`` image of position ``index``, from the cache or rendered."""

@@ -5,8 +5,9 @@ so the same index always gives the same pixels, in any worker. The class of a sc
 of its main object; everything else varies and carries no label, as in photos:
 
 - **colour**: the object is one random colour, clearly apart from what lies under it;
-- **scale, pose and position**: the object covers 26–44 % of the side, is turned by up to ±20°
-  and lies anywhere in the image;
+- **scale, pose and position**: the object's half-size is 26–44 % of the side (it spans about
+  half to nine tenths of the image), it is turned by up to ±20° and placed at random, about a
+  quarter of the time cut by the border;
 - **background and clutter**: a smooth gradient between two random colours, horizontal or
   vertical, under up to two random strokes or blobs, and at most one small distractor object of
   another class.
@@ -149,7 +150,9 @@ def _place(
     """A randomly sized, turned and placed object: its mask and box ``(x0, y0, x1, y1)``."""
     r = rng.uniform(*rel_radius) * size
     turn = math.radians(rng.uniform(-MAX_TURN_DEGREES, MAX_TURN_DEGREES))
-    reach = r * 1.05  # a turned unit box stays within about ±1.05 r of its centre here
+    reach = (
+        r * 1.05
+    )  # the centre's distance from the border; turned shapes reach up to ~1.3 r, so some are cut
     cx, cy = rng.uniform(reach, size - reach, size=2)
     mask = _object_mask(shape, size, cx, cy, r, turn)
     ys, xs = np.nonzero(mask)

@@ -195,8 +195,8 @@ def simclr_view(
     hue: float | None = None,
     grayscale_p: float = 0.2,
 ) -> Tensor:
-    """One SimCLR view: random resized crop, flip, colour jitter (p 0.8), greyscale (p 0.2),
-    optionally blur (p 0.5; the paper blurs on ImageNet, not CIFAR).
+    """One SimCLR view: random resized crop, flip, colour jitter (p 0.8), greyscale (p
+    ``grayscale_p``, paper 0.2), optionally blur (p 0.5; the paper blurs on ImageNet, not CIFAR).
 
     Args:
         images: ``(B, 3, H, W)`` float in [0, 1].
@@ -205,14 +205,14 @@ def simclr_view(
         jitter_strength: ``s`` of the paper: brightness/contrast/saturation 0.8 s, hue 0.2 s.
         blur: Apply Gaussian blur.
         generator: Random source.
-        hue: Largest hue shift, in turns (0.5: any hue); None: the paper's ``0.2 s``.
+        hue: Largest hue shift, in turns (0.5: any hue); None: the paper's ``0.2 s`` (at most 0.5).
         grayscale_p: Probability of a greyscale view.
 
     Raises:
         ValueError: ``hue`` outside [0, 0.5] or ``grayscale_p`` outside [0, 1].
     """
     s = jitter_strength
-    hue = 0.2 * s if hue is None else hue
+    hue = min(0.2 * s, 0.5) if hue is None else hue
     if not 0 <= hue <= 0.5:
         raise ValueError(f"hue={hue} must be in [0, 0.5] (a share of a full turn)")
     if not 0 <= grayscale_p <= 1:

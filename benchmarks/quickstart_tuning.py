@@ -51,10 +51,8 @@ def main(argv: list[str] | None = None) -> dict[tuple[str, float, int], list[flo
     namespace = argparse.Namespace(pretext="simclr", fractions=None, seeds=options.seeds, image_size=None,
                                    data=None, workers=options.workers, fast=False)  # fmt: skip
     plan = replace(quickstart.default_plan(namespace), labeled_images=options.labeled_images)
-    arms = [replace(b, name="pretrained" if b.pretrained else "scratch")
-            for b in report.resolve_backbones([f"pretrained={options.ckpt}"])]  # fmt: skip
     results: dict[tuple[str, float, int], list[float]] = {}
-    for arm in arms:
+    for arm in quickstart.arms(options.ckpt):
         for lr in options.lrs:
             for epochs in options.epochs if arm.name == "scratch" else options.epochs[:1]:
                 scores = [score(arm, plan, lr, epochs, seed) for seed in options.seeds]

@@ -233,12 +233,18 @@ def planned_steps(plan: Plan) -> float:
     return pretrain + 2 * len(plan.seeds) * cells
 
 
+def arms(ckpt: Path | str) -> list[report.Backbone]:
+    """The quickstart's two arms: the pretext checkpoint's backbone ("pretrained") and a random
+    init of the same network ("scratch")."""
+    backbones = report.resolve_backbones([f"pretrained={ckpt}"])
+    return [replace(b, name="pretrained" if b.pretrained else "scratch") for b in backbones]
+
+
 def transfer(
     plan: Plan, ckpt: Path, out: Path, progress: Progress
 ) -> tuple[list[report.Backbone], list[report.Cell]]:
     """Both arms at every budget and seed (resumable ``cells.jsonl``)."""
-    backbones = report.resolve_backbones([f"pretrained={ckpt}"])
-    backbones = [replace(b, name="pretrained" if b.pretrained else "scratch") for b in backbones]
+    backbones = arms(ckpt)
 
     def tick(cell: report.Cell, fresh: bool) -> None:
         progress.advance(cell.epochs * max(1, cell.labels // 32))

@@ -1,10 +1,18 @@
-"""SimCLR on CIFAR-10 JPEGs: ``visiontransfer fit`` against LightlySSL's SimCLR, same network, data
-and schedule, so that (as far as the two libraries allow) only the training framework differs.
+"""SimCLR or DINO on CIFAR-10 JPEGs: ``visiontransfer fit`` against LightlySSL's SimCLR or DINO, same
+network, data and schedule, so that (as far as the two libraries allow) only the training framework
+differs.
 
     python benchmarks/vs_lightly.py                                  # 5000 images, 3 epochs, 2 repeats
     python benchmarks/vs_lightly.py --images 2000 --epochs 3 --repeats 2 --workers 2
+    python benchmarks/vs_lightly.py --method dino                    # DINO (configs/pretrain/dino.yaml)
     python benchmarks/vs_lightly.py --quick                          # a smoke run (minutes on a CPU)
     python benchmarks/vs_lightly.py --frameworks ours                # our side only (no lightly env)
+    python benchmarks/vs_lightly.py --repeats 1 --profile-steps 3    # torch.profiler tables of both
+
+**DINO** (``--method dino``): ours ``configs/pretrain/dino.yaml``; lightly's ``DINOTransform``,
+``DINOProjectionHead``, ``DINOLoss``, ``update_momentum`` and ``cosine_schedule`` as in lightly's
+DINO example, with the config's head widths, crops, temperatures, momentum, last-layer freeze and
+gradient clipping. What follows says SimCLR; for DINO the report prints its own differences.
 
 **Ours**: ``visiontransfer fit --config configs/pretrain/simclr.yaml`` with the data, epochs, batch
 and workers given on the command line (``--data.manifest``, ``--trainer.max_epochs``,
@@ -76,6 +84,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -94,6 +103,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "cifar10"
 CONFIG = REPO / "configs" / "pretrain" / "simclr.yaml"
+CONFIGS = {"simclr": CONFIG, "dino": REPO / "configs" / "pretrain" / "dino.yaml"}
+"""Our config of each ``--method`` (the shared recipe; ``--config`` takes another)."""
 DEFAULT_VENV = Path(tempfile.gettempdir()) / "visiontransfer-bench-lightly-venv"
 LIGHTLY_REQUIREMENT = "lightly==1.6.0"
 """What ``pip install --no-deps`` puts into the lightly environment (the version this was written
@@ -102,6 +113,7 @@ LIGHTLY_IMPORTS = (
     "lightly.data",
     "lightly.loss",
     "lightly.models.modules",
+    "lightly.models.utils",
     "lightly.transforms",
     "lightning",
     "timm",
@@ -180,6 +192,47 @@ def images_per_second(epochs: Sequence[dict[str, float]]) -> float:
         return float("nan")
     timed = epochs[1:] or epochs[:1]
     return statistics.median(e["images"] / e["seconds"] for e in timed if e["seconds"] > 0)
+
+
+class StepProfiler(L.Callback):
+    """``torch.profiler`` over optimizer steps ``first`` to ``first + steps - 1`` of the fit (the
+    loader's waits between them included), written to ``out`` as the operator table sorted by self
+    CPU time, with the window's wall time. Profiling slows the run: its images/s are not figures.
+
+    Args:
+        out: Text file for the table.
+        steps: Steps profiled.
+        first: The first profiled step (0-based; the first steps pay for warm-up).
+        rows: Operators listed.
+    """
+
+    def __init__(self, out: str, steps: int = 3, first: int = 2, rows: int = 40) -> None:
+        self.out, self.steps, self.first, self.rows = out, steps, first, rows
+        self._profile: Any = None
+        self._start = 0.0
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self._profile is None and trainer.global_step == self.first:
+            self._profile = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+            self._profile.__enter__()
+            self._start = time.perf_counter()
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self._profile is None or trainer.global_step < self.first + self.steps:
+            return
+        seconds = time.perf_counter() - self._start
+        self._profile.__exit__(None, None, None)
+        table = self._profile.key_averages().table(sort_by="self_cpu_time_total", row_limit=self.rows)
+        last = self.first + self.steps - 1
+        head = f"steps {self.first}-{last}: {seconds:.2f} s wall, {torch.get_num_threads()} threads"
+        if trainer.is_global_zero:
+            Path(self.out).write_text(head + "\n" + table)
+        self._profile = None
+        self.first = -1  # once
 
 
 # -- memory of a process tree -------------------------------------------------------------------
@@ -285,16 +338,20 @@ def run_monitored(cmd: list[str], log: Path, env: dict[str, str], timeout: float
 
 # -- the shared recipe ----------------------------------------------------------------------------
 def recipe(config: Path = CONFIG) -> dict[str, Any]:
-    """The model hyperparameters of the SimCLR config, with the class defaults it leaves out
-    (``min_lr_ratio`` ...), and the datamodule's ``val_fraction``."""
+    """The model hyperparameters of a pretext config (SimCLR or DINO), with the class defaults it
+    leaves out (``min_lr_ratio`` ...), the datamodule's ``val_fraction`` and the trainer's
+    ``gradient_clip_val``."""
+    import importlib
+
     import yaml
 
-    from visiontransfer.pretext import SimCLR
     from visiontransfer.system import BackboneSystem
 
     parsed = yaml.safe_load(config.read_text())
-    values: dict[str, Any] = {}
-    for cls in (BackboneSystem, SimCLR):
+    module, _, name = parsed["model"]["class_path"].rpartition(".")
+    method = getattr(importlib.import_module(module), name)
+    values: dict[str, Any] = {"method": name.lower()}
+    for cls in (BackboneSystem, *reversed(method.__mro__[: method.__mro__.index(BackboneSystem)])):
         for name, param in inspect.signature(cls.__init__).parameters.items():
             if param.default is not inspect.Parameter.empty:
                 values[name] = param.default
@@ -304,6 +361,7 @@ def recipe(config: Path = CONFIG) -> dict[str, Any]:
     values["image_size"] = parsed["data"]["init_args"].get("image_size", 32)
     values["seed"] = parsed.get("seed_everything", 0)
     values["data_seed"] = parsed["data"]["init_args"].get("seed", 0)
+    values["gradient_clip_val"] = parsed.get("trainer", {}).get("gradient_clip_val")
     return values
 
 
@@ -332,6 +390,15 @@ def training_files(manifest: Path, val_fraction: float, seed: int = 0) -> list[s
     return [train.paths[i] for i in range(len(train))]
 
 
+def model_overrides(args: argparse.Namespace) -> dict[str, str]:
+    """``--model-args key=value ...`` as a dict (values as written; YAML-parsed for lightly's side)."""
+    pairs = [item.split("=", 1) for item in args.model_args]
+    bad = [item for item, pair in zip(args.model_args, pairs, strict=True) if len(pair) != 2 or not pair[0]]
+    if bad:
+        raise SystemExit(f"--model-args {bad[0]!r}: write key=value, e.g. small_input_stem=false")
+    return dict(pairs)  # type: ignore[arg-type]
+
+
 def ours_command(args: argparse.Namespace, manifest: Path, run_dir: Path, timer: Path) -> list[str]:
     """The ``visiontransfer fit`` command line of one run of ours."""
     script = Path(sys.executable).with_name("visiontransfer")
@@ -353,6 +420,14 @@ def ours_command(args: argparse.Namespace, manifest: Path, run_dir: Path, timer:
     ]  # fmt: skip
     if args.warmup_epochs is not None:
         cmd += ["--model.init_args.warmup_epochs", str(args.warmup_epochs)]
+    cmd += [f"--model.init_args.{key}={value}" for key, value in model_overrides(args).items()]
+    if args.profile_steps:
+        out = str(run_dir / "profile.txt")
+        profiler = {
+            "class_path": "vs_lightly.StepProfiler",
+            "init_args": {"out": out, "steps": args.profile_steps},
+        }
+        cmd.append(f"--trainer.callbacks+={json.dumps(profiler)}")
     return cmd
 
 
@@ -376,6 +451,8 @@ def lightly_spec(
         "seed": args.seed,
         "out": str(run_dir),
         "timer": str(run_dir / "timer.json"),
+        "profile": str(run_dir / "profile.txt"),
+        "profile_steps": args.profile_steps,
         "backbone_file": str(run_dir / "backbone.safetensors"),
     }
 
@@ -437,29 +514,62 @@ def lightly_version(python: Path) -> str:
 
 
 # -- the lightly side (runs in the lightly environment) -------------------------------------------
-def lightly_child(spec_file: str) -> None:
-    """Train LightlySSL's SimCLR as lightly's examples do, with our backbone and optimizer."""
-    import safetensors.torch
-    from lightly.data import LightlyDataset
+def _lightly_backbone(hp: dict[str, Any]) -> torch.nn.Module:
+    """The backbone both sides train: built by the package's builder from the recipe."""
+    from visiontransfer.backbones import create_backbone
+
+    return create_backbone(
+        hp["backbone"], in_chans=hp["in_chans"], small_input_stem=hp["small_input_stem"],
+        backbone_kwargs=hp["backbone_kwargs"],
+    )  # fmt: skip
+
+
+def _lightly_optimizers(module: L.LightningModule, hp: dict[str, Any]) -> Any:
+    """Ours (``visiontransfer.system.BackboneSystem``): no decay on biases and norms, SGD with
+    Nesterov momentum or AdamW, per-step linear warmup then cosine; trainable parameters only."""
+    from visiontransfer.system import warmup_cosine
+
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
+    for name, param in module.named_parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim <= 1 or name.endswith(".bias") else decay).append(param)
+    groups = [
+        {"params": decay, "weight_decay": hp["weight_decay"]},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    if hp["optimizer"] == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(
+            groups, lr=hp["lr"], momentum=hp["momentum"], nesterov=True
+        )
+    else:
+        opt = torch.optim.AdamW(groups, lr=hp["lr"])
+    total = max(1, int(module.trainer.estimated_stepping_batches))
+    epochs = max(1, int(module.trainer.max_epochs or 1))
+    warmup = min(total - 1, int(hp["warmup_epochs"] * total / epochs))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: warmup_cosine(step, total, warmup, hp["min_lr_ratio"])
+    )
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def _lightly_normalize(backbone: torch.nn.Module, in_chans: int) -> dict[str, list[float]]:
+    from visiontransfer.backbones import normalization
+
+    mean, std = normalization(backbone, in_chans)
+    return {"mean": list(mean), "std": list(std)}
+
+
+def _lightly_simclr(hp: dict[str, Any], image_size: int) -> tuple[L.LightningModule, Any]:
+    """LightlySSL's SimCLR as its examples write it (Chen et al. 2020), and its transform."""
     from lightly.loss import NTXentLoss
     from lightly.models.modules import SimCLRProjectionHead
     from lightly.transforms import SimCLRTransform
-    from torch.utils.data import DataLoader
-
-    from visiontransfer.backbones import create_backbone, normalization
-    from visiontransfer.system import warmup_cosine
-
-    spec = json.loads(Path(spec_file).read_text())
-    hp = spec["hp"]
-    L.seed_everything(spec["seed"], workers=True)
 
     class SimCLRModel(L.LightningModule):
         def __init__(self) -> None:
             super().__init__()
-            self.backbone = create_backbone(
-                hp["backbone"], in_chans=hp["in_chans"], small_input_stem=hp["small_input_stem"],
-                backbone_kwargs=hp["backbone_kwargs"],
-            )  # fmt: skip
+            self.backbone = _lightly_backbone(hp)
             width = int(self.backbone.num_features)  # type: ignore[arg-type]
             self.projection_head = SimCLRProjectionHead(
                 width, hp["projection_hidden_dim"], hp["projection_dim"]
@@ -475,41 +585,102 @@ def lightly_child(spec_file: str) -> None:
             self.log("train/loss", loss, batch_size=x0.shape[0])
             return loss
 
-        def configure_optimizers(self) -> Any:  # ours (visiontransfer.system.BackboneSystem)
-            decay: list[torch.nn.Parameter] = []
-            no_decay: list[torch.nn.Parameter] = []
-            for name, param in self.named_parameters():
-                (no_decay if param.ndim <= 1 or name.endswith(".bias") else decay).append(param)
-            groups = [
-                {"params": decay, "weight_decay": hp["weight_decay"]},
-                {"params": no_decay, "weight_decay": 0.0},
-            ]
-            if hp["optimizer"] == "sgd":
-                opt: torch.optim.Optimizer = torch.optim.SGD(
-                    groups, lr=hp["lr"], momentum=hp["momentum"], nesterov=True
-                )
-            else:
-                opt = torch.optim.AdamW(groups, lr=hp["lr"])
-            total = max(1, int(self.trainer.estimated_stepping_batches))
-            epochs = max(1, int(self.trainer.max_epochs or 1))
-            warmup = min(total - 1, int(hp["warmup_epochs"] * total / epochs))
-            schedule = torch.optim.lr_scheduler.LambdaLR(
-                opt, lambda step: warmup_cosine(step, total, warmup, hp["min_lr_ratio"])
-            )
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        def configure_optimizers(self) -> Any:
+            return _lightly_optimizers(self, hp)
 
     model = SimCLRModel()
-    mean, std = normalization(model.backbone, hp["in_chans"])
     s = hp["jitter_strength"]
     hue = hp.get("hue")  # ours: the largest shift in turns (None: 0.2 s); lightly: cj_strength * cj_hue
     cj_hue = 0.2 if hue is None or s <= 0 else hue / s
-    grey = hp.get("grayscale_p", 0.2)
     transform = SimCLRTransform(
-        input_size=spec["image_size"], cj_prob=0.8, cj_strength=s, cj_bright=0.8, cj_contrast=0.8,
-        cj_sat=0.8, cj_hue=cj_hue, min_scale=hp["crop_scale_min"], random_gray_scale=grey,
-        gaussian_blur=0.5 if hp["blur"] else 0.0, sigmas=(0.1, 2.0), hf_prob=0.5,
-        normalize={"mean": list(mean), "std": list(std)},
+        input_size=image_size, cj_prob=0.8, cj_strength=s, cj_bright=0.8, cj_contrast=0.8,
+        cj_sat=0.8, cj_hue=cj_hue, min_scale=hp["crop_scale_min"],
+        random_gray_scale=hp.get("grayscale_p", 0.2), gaussian_blur=0.5 if hp["blur"] else 0.0,
+        sigmas=(0.1, 2.0), hf_prob=0.5, normalize=_lightly_normalize(model.backbone, hp["in_chans"]),
     )  # fmt: skip
+    return model, transform
+
+
+def _lightly_dino(hp: dict[str, Any], image_size: int) -> tuple[L.LightningModule, Any]:
+    """LightlySSL's DINO as its examples write it (Caron et al. 2021: EMA teacher, centering,
+    teacher temperature warm-up, last layer frozen at first), and its multi-crop transform."""
+    import copy
+
+    from lightly.loss import DINOLoss
+    from lightly.models.modules import DINOProjectionHead
+    from lightly.models.utils import deactivate_requires_grad, update_momentum
+    from lightly.transforms import DINOTransform
+    from lightly.utils.scheduler import cosine_schedule
+
+    from visiontransfer.pretext.dino import default_local_size
+
+    class DINOModel(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.backbone = _lightly_backbone(hp)
+            width = int(self.backbone.num_features)  # type: ignore[arg-type]
+            self.head = DINOProjectionHead(
+                width, hp["hidden_dim"], hp["bottleneck_dim"], hp["out_dim"],
+                freeze_last_layer=math.ceil(hp["freeze_last_layer_epochs"]),
+            )  # fmt: skip
+            self.teacher_backbone = copy.deepcopy(self.backbone)
+            # A second head (weight_norm does not deepcopy), starting from the student's weights.
+            self.teacher_head = DINOProjectionHead(
+                width, hp["hidden_dim"], hp["bottleneck_dim"], hp["out_dim"]
+            )
+            self.teacher_head.load_state_dict(self.head.state_dict())
+            deactivate_requires_grad(self.teacher_backbone)
+            deactivate_requires_grad(self.teacher_head)
+            self.criterion = DINOLoss(
+                output_dim=hp["out_dim"], warmup_teacher_temp=hp["warmup_teacher_temperature"],
+                teacher_temp=hp["teacher_temperature"],
+                warmup_teacher_temp_epochs=round(hp["teacher_temperature_warmup_epochs"]),
+                student_temp=hp["student_temperature"], center_momentum=hp["center_momentum"],
+            )  # fmt: skip
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            total = max(1, int(self.trainer.estimated_stepping_batches))
+            momentum = cosine_schedule(self.global_step, total, hp["base_momentum"], hp["final_momentum"])
+            update_momentum(self.backbone, self.teacher_backbone, m=momentum)
+            update_momentum(self.head, self.teacher_head, m=momentum)
+            views, _, _ = batch
+            teacher = [self.teacher_head(self.teacher_backbone(v)) for v in views[:2]]
+            student = [self.head(self.backbone(v)) for v in views]
+            loss = self.criterion(teacher, student, epoch=self.current_epoch)
+            self.log("train/loss", loss, batch_size=views[0].shape[0])
+            return loss
+
+        def on_after_backward(self) -> None:
+            self.head.cancel_last_layer_gradients(current_epoch=self.current_epoch)
+
+        def configure_optimizers(self) -> Any:
+            return _lightly_optimizers(self, hp)
+
+    model = DINOModel()
+    # Colour jitter: BYOL's 0.4/0.4/0.2/0.1 as ours (strength 0.5 of 0.8/0.8/0.4/0.2).
+    transform = DINOTransform(
+        global_crop_size=image_size, global_crop_scale=tuple(hp["global_crop_scale"]),
+        local_crop_size=hp["local_crop_size"] or default_local_size(image_size),
+        local_crop_scale=tuple(hp["local_crop_scale"]), n_local_views=hp["local_crops"], hf_prob=0.5,
+        cj_prob=0.8, cj_strength=0.5, cj_bright=0.8, cj_contrast=0.8, cj_sat=0.4, cj_hue=0.2,
+        random_gray_scale=0.2, gaussian_blur=(1.0, 0.1, 0.5) if hp["blur"] else (0.0, 0.0, 0.0),
+        sigmas=(0.1, 2.0), solarization_prob=0.2,
+        normalize=_lightly_normalize(model.backbone, hp["in_chans"]),
+    )  # fmt: skip
+    return model, transform
+
+
+def lightly_child(spec_file: str) -> None:
+    """Train LightlySSL's SimCLR or DINO as lightly's examples do, with our backbone and optimizer."""
+    import safetensors.torch
+    from lightly.data import LightlyDataset
+    from torch.utils.data import DataLoader
+
+    spec = json.loads(Path(spec_file).read_text())
+    hp = spec["hp"]
+    L.seed_everything(spec["seed"], workers=True)
+    build = {"simclr": _lightly_simclr, "dino": _lightly_dino}[hp["method"]]
+    model, transform = build(hp, spec["image_size"])
     dataset = LightlyDataset(input_dir=spec["root"], transform=transform, filenames=spec["filenames"])
     if len(dataset) != len(spec["filenames"]):
         raise SystemExit(f"LightlyDataset found {len(dataset)} of the {len(spec['filenames'])} files")
@@ -518,14 +689,19 @@ def lightly_child(spec_file: str) -> None:
         dataset, batch_size=spec["batch_size"], shuffle=True, drop_last=len(dataset) > spec["batch_size"],
         num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(),
     )  # fmt: skip
+    callbacks: list[L.Callback] = [EpochTimer(spec["timer"])]
+    if spec.get("profile_steps"):
+        callbacks.append(StepProfiler(spec["profile"], spec["profile_steps"]))
     trainer = L.Trainer(
         max_epochs=spec["epochs"], accelerator="auto", devices=1, precision=spec["precision"],
         logger=L.pytorch.loggers.CSVLogger(spec["out"], name="lightly"), log_every_n_steps=20,
-        callbacks=[EpochTimer(spec["timer"])], enable_progress_bar=False, enable_model_summary=False,
+        callbacks=callbacks, enable_progress_bar=False, enable_model_summary=False,
         enable_checkpointing=False, default_root_dir=spec["out"],
+        gradient_clip_val=hp.get("gradient_clip_val"),
     )  # fmt: skip
     trainer.fit(model, loader)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.backbone.state_dict().items()}
+    backbone: Any = model.backbone
+    state = {k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}
     safetensors.torch.save_file(state, spec["backbone_file"])
 
 
@@ -612,7 +788,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--data", type=Path, default=DEFAULT_DATA, help="CIFAR-10 folder with train/ and test/"
     )
-    parser.add_argument("--config", type=Path, default=CONFIG, help="our SimCLR config (the shared recipe)")
+    parser.add_argument(
+        "--method", choices=list(CONFIGS), default="simclr", help="the pretext both sides train"
+    )
+    parser.add_argument(
+        "--config", type=Path, help="our config of --method (the shared recipe; default: configs/pretrain/)"
+    )
     parser.add_argument("--images", type=int, help=f"training images (default {DEFAULTS['images']})")
     parser.add_argument("--epochs", type=int, help=f"default {DEFAULTS['epochs']}")
     parser.add_argument(
@@ -641,6 +822,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--quick", action="store_true",
         help="smoke run: " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in QUICK.items()),
     )  # fmt: skip
+    parser.add_argument(
+        "--profile-steps", type=int, default=0,
+        help="torch.profiler over this many steps of each run (from step 2): RUN/profile.txt, "
+        "the operator table by self CPU time (slows those steps: use a run of its own)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--model-args", nargs="*", default=[], metavar="KEY=VALUE",
+        help="model arguments changed on both sides, e.g. small_input_stem=false (1/16 of the compute)",
+    )  # fmt: skip
     parser.add_argument("--lightly-child", metavar="SPEC", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     for name, default in DEFAULTS.items():
@@ -651,6 +841,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.workers < 0:
         parser.error("--workers must be >= 0")
+    if args.profile_steps < 0:
+        parser.error("--profile-steps must be >= 0")
+    args.config = args.config or CONFIGS[args.method]
     args.out = args.out.resolve()
     args.data = args.data.resolve()
     return args
@@ -708,7 +901,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return {}
     if not (args.data / "train").is_dir() or not (args.data / "test").is_dir():
         raise SystemExit(f"CIFAR-10 not found at {args.data} (expected train/ and test/ class folders)")
+    import yaml
+
     hp = recipe(args.config)
+    unknown = sorted(set(model_overrides(args)) - set(hp))
+    if unknown:
+        raise SystemExit(f"--model-args {unknown[0]}: not an argument of the {hp['method']} model")
+    hp.update({key: yaml.safe_load(value) for key, value in model_overrides(args).items()})
+    if hp["method"] not in DIFFERENCES:
+        known = ", ".join(DIFFERENCES)
+        raise SystemExit(f"--config {args.config}: a {hp['method']} config; this compares {known}")
     args.batch_size = args.batch_size or hp["batch_size"]
     args.seed = hp["seed"] if args.seed is None else args.seed
     args.out.mkdir(parents=True, exist_ok=True)
@@ -729,6 +931,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results = {
         "args": {k: str(v) for k, v in vars(args).items()},
         "setup": {
+            "method": hp["method"], "backbone": _backbone_name(hp),
             "train_images": len(files), "held_out": args.images - len(files),
             "lightly": lightly_version(python) if python else None, "torch_threads": torch.get_num_threads(),
             "bank": len(sets["bank"][1]), "query": len(sets["query"][1]),
@@ -761,17 +964,37 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _backbone_name(hp: dict[str, Any]) -> str:
+    return f"{hp['backbone']} ({'small-image' if hp['small_input_stem'] else 'default'} stem)"
+
+
 def _gib(value: float | None) -> str:
     return "-" if value is None else f"{value / 2**30:.2f} GiB"
 
 
-DIFFERENCES = (
-    "augmentations: ours batched in the training process (tensor ops, fixed jitter order, YIQ hue, roi_align "
-    "crop); lightly per image in the DataLoader workers (PIL/torchvision, shuffled jitter order, HSV hue, "
-    "integer-box crop); same probabilities and strengths (crop 0.08-1, jitter 0.8 s/0.2 s at s=0.5, "
-    "grey 0.2, no blur)",
-    "projection head: ours Linear-BN-ReLU-Linear with biases; lightly's SimCLRProjectionHead without biases "
-    "and with an output BatchNorm",
+DIFFERENCES = {
+    "simclr": (
+        "augmentations: ours batched in the training process (tensor ops, fixed jitter order, YIQ hue, "
+        "roi_align crop); lightly per image in the DataLoader workers (PIL/torchvision, shuffled jitter "
+        "order, HSV hue, integer-box crop); same probabilities and strengths (crop 0.08-1, jitter "
+        "0.8 s/0.2 s at s=0.5, grey 0.2, no blur)",
+        "projection head: ours Linear-BN-ReLU-Linear with biases; lightly's SimCLRProjectionHead without "
+        "biases and with an output BatchNorm",
+        "forward passes: ours one over both views (2B images), lightly one per view (B each)",
+    ),
+    "dino": (
+        "augmentations: ours batched in the training process (tensor ops as for SimCLR); lightly's "
+        "DINOTransform per image in the DataLoader workers; the same crops (2 global, the config's local "
+        "crops and scales), BYOL's jitter 0.4/0.4/0.2/0.1 p 0.8, grey 0.2, solarisation 0.2 on the second "
+        "global crop, blur as the config",
+        "forward passes: ours one over the 2 global crops and one over all local crops (student), one for "
+        "the teacher; lightly one per view (student) and one per global crop (teacher)",
+        "schedules: teacher momentum cosine per step on both sides; teacher temperature warmed up per step "
+        "(ours) or per epoch (lightly's DINOLoss); lightly's last layer is weight-normalised, ours "
+        "normalises its rows in forward",
+    ),
+}
+COMMON_DIFFERENCES = (
     "ours validates on the held-out share and checkpoints each epoch (outside the timed window)",
 )
 
@@ -779,7 +1002,7 @@ DIFFERENCES = (
 def print_report(results: dict[str, Any], args: argparse.Namespace) -> None:
     setup = results["setup"]
     print(
-        f"\nSimCLR ResNet-18 (small-image stem), {setup['train_images']} CIFAR-10 training images "
+        f"\n{setup['method']} {setup['backbone']}, {setup['train_images']} CIFAR-10 training images "
         f"({setup['held_out']} held out by ours for validation), {args.epochs} epochs, "
         f"batch {args.batch_size}, {args.workers} workers, {args.precision}, seed {args.seed}; "
         f"lightly {setup['lightly'] or '-'}; "
@@ -819,7 +1042,11 @@ def print_report(results: dict[str, Any], args: argparse.Namespace) -> None:
     print("\n".join(rows))
     if "ratio" in summary:
         print("ratio = ours / lightly (images/s > 1: ours faster; memory < 1: ours smaller)")
-    print("Where the two sides differ:\n" + "\n".join(f"- {d}" for d in DIFFERENCES), flush=True)
+    differences = (*DIFFERENCES[setup["method"]], *COMMON_DIFFERENCES)
+    print("Where the two sides differ:\n" + "\n".join(f"- {d}" for d in differences), flush=True)
+    profiles = [Path(r["run_dir"]) / "profile.txt" for r in results["runs"]]
+    for profile in (p for p in profiles if p.is_file()):
+        print(f"profile: {profile}")
 
 
 if __name__ == "__main__":

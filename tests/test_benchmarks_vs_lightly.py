@@ -114,6 +114,50 @@ def test_both_sides_get_the_config_recipe(tmp_path: Path) -> None:
     assert callback["class_path"] == "vs_lightly.EpochTimer"
 
 
+def test_dino_recipe_and_model_args_reach_both_sides(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hp = vs.recipe(vs.CONFIGS["dino"])
+    assert hp["method"] == "dino" and (hp["out_dim"], hp["local_crops"], hp["local_crop_size"]) == (
+        4096,
+        6,
+        16,
+    )
+    assert hp["gradient_clip_val"] == 3.0 and hp["center_momentum"] == 0.9  # a trainer value, a class default
+    assert hp["final_momentum"] == 1.0 and hp["optimizer"] == "adamw"
+    args = vs.parse_args(
+        ["--method", "dino", "--model-args", "small_input_stem=false", "--profile-steps", "2"]
+    )
+    assert args.config == vs.CONFIGS["dino"]
+    assert vs.model_overrides(args) == {"small_input_stem": "false"}
+    cmd = vs.ours_command(args, tmp_path / "m.txt", tmp_path / "run", tmp_path / "timer.json")
+    assert "--model.init_args.small_input_stem=false" in cmd
+    callbacks = [json.loads(c.split("=", 1)[1]) for c in cmd if c.startswith("--trainer.callbacks+=")]
+    assert [c["class_path"] for c in callbacks] == ["vs_lightly.EpochTimer", "vs_lightly.StepProfiler"]
+    assert callbacks[1]["init_args"] == {"out": str(tmp_path / "run" / "profile.txt"), "steps": 2}
+    with pytest.raises(SystemExit, match="key=value"):
+        vs.model_overrides(vs.parse_args(["--model-args", "small_input_stem"]))
+    with pytest.raises(SystemExit):
+        vs.parse_args(["--profile-steps", "-1"])
+    assert "--profile-steps must be >= 0" in capsys.readouterr().err
+
+
+def test_step_profiler_writes_the_table_of_its_window(tmp_path: Path) -> None:
+    out = tmp_path / "profile.txt"
+    profiler = vs.StepProfiler(str(out), steps=2, first=1)
+    trainer = SimpleNamespace(global_step=0, is_global_zero=True)
+    weight = torch.randn(64, 64)
+    for step in range(5):
+        trainer.global_step = step
+        profiler.on_train_batch_start(trainer, None, None, step)
+        torch.mm(weight, weight)  # the profiled work
+        trainer.global_step = step + 1
+        profiler.on_train_batch_end(trainer, None, None, None, step)
+        assert out.is_file() == (step >= 2)  # steps 1 and 2, written after the second
+    text = out.read_text()
+    assert text.startswith("steps 1-2: ") and "aten::mm" in text and "Self CPU" in text
+
+
 def _three_classes(cifar_tree: Callable[..., Path], data: Path) -> Path:
     """Real CIFAR-10 JPEGs of 3 classes: 16 training and 4 test images each."""
     cifar_tree(data / "train", classes=("cat", "dog", "ship"), per_class=16)

@@ -25,6 +25,7 @@ import argparse
 import dataclasses
 import json
 import math
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -147,9 +148,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--pretrain-epochs", type=int, default=30)
     add("--pretrain-image-size", type=int, default=128)
     add("--pretrain-batch-size", type=int, default=32)
-    add("--pretrain-args", nargs="*", default=[], help="more visiontransfer fit flags for the pretraining")
+    add(
+        "--pretrain-args", type=shlex.split, action="extend", default=[],
+        help='more visiontransfer fit flags for the pretraining, as one string after "=": '
+        '--pretrain-args="--model.lr 2e-3 --model.output_stride 2"',
+    )  # fmt: skip
     add("--recipe", type=Path, default=config_dir() / "transfer" / "segment_fpn.yaml")
-    add("--recipe-args", nargs="*", default=[], help="more flags for every fine-tuning run")
+    add(
+        "--recipe-args", type=shlex.split, action="extend", default=[],
+        help='more flags for every fine-tuning run, one string: --recipe-args="--model.lr 3e-3"',
+    )  # fmt: skip
     add("--epochs", type=int, default=20, help="fine-tuning epochs, the same for both backbones")
     add("--fraction", type=float, default=1.0, help="share of the 367 training images labeled")
     add("--image-size", type=int, default=240, help="longest side of the images (CamVid's is 240)")

@@ -43,10 +43,12 @@ Measured, identically for both sides:
   checkpointing at the epoch's end are left out; the first batch's loading is in) and counts the
   images of the batches; the figure is the median over the epochs after the first (the first pays
   for worker start-up and warm-up; with one epoch it is that one).
-- **peak memory**: the process tree (the training process and its DataLoader workers), sampled
-  every 0.2 s with psutil (``/proc`` without it): the peak of the summed RSS (counts pages the
-  forked workers share once per process, so it overstates) and of the summed PSS (shared pages
-  split between the processes: the better figure of the tree's real footprint).
+- **peak memory**: the process tree (the training process and its DataLoader workers): the summed
+  RSS sampled every 0.2 s, the summed PSS every ``--pss-interval`` s (default 2: reading PSS walks
+  the page tables and takes CPU from the run being measured, the more the more memory that side
+  has); the peak of the summed RSS (counts pages the forked workers share once per process, so it
+  overstates) and of the summed PSS (shared pages split between the processes: the better figure
+  of the tree's real footprint).
 - **kNN top-1**: the saved backbones are evaluated afterwards in this process with the same code
   (``visiontransfer.probes.knn_predict``: k=20, cosine, temperature 0.07 weighted vote): a bank of
   ``--bank-per-class`` labeled training images per class, ``--query`` CIFAR-10 test images.
@@ -264,46 +266,60 @@ def _proc_memory(pid: int, field: str) -> int:
     return 0
 
 
-def tree_memory(pid: int) -> tuple[int, int | None]:
-    """Summed RSS and summed PSS (None where unavailable) in bytes of ``pid`` and its descendants."""
+def tree_memory(pid: int, pss: bool = True) -> tuple[int, int | None]:
+    """Summed RSS and (with ``pss``) summed PSS (None where unavailable) in bytes of ``pid`` and its
+    descendants. RSS is cheap to read; PSS is not: the kernel walks the page tables of every process
+    for ``smaps_rollup`` (about 7 ms of CPU per GiB resident, measured here)."""
     try:
         import psutil
     except ImportError:
         pids = _proc_tree(pid)
-        shares = [_proc_memory(p, "Pss") for p in pids]
+        shares = [_proc_memory(p, "Pss") for p in pids] if pss else []
         return sum(_proc_memory(p, "Rss") for p in pids), sum(shares) if any(shares) else None
     try:
         root = psutil.Process(pid)
         procs = [root, *root.children(recursive=True)]
     except psutil.Error:
         return 0, None
-    rss, pss, have_pss = 0, 0, True
+    rss, total_pss = 0, 0
     for proc in procs:
         try:
             rss += proc.memory_info().rss
-            if have_pss:
-                pss += proc.memory_full_info().pss
         except psutil.NoSuchProcess:  # ended meanwhile (a worker at the end of an epoch)
             continue
-        except (psutil.AccessDenied, AttributeError):  # no PSS on this platform
-            have_pss = False
-    return rss, pss if have_pss else None
+        if pss:  # smaps_rollup (psutil's memory_full_info parses the whole smaps, slower still)
+            total_pss += _proc_memory(proc.pid, "Pss")
+    return rss, total_pss if pss and total_pss else None
 
 
 class PeakMemory:
-    """Samples :func:`tree_memory` of ``pid`` every ``interval`` seconds in a thread, keeping the peaks
-    (``with PeakMemory(pid) as peak: ...``; then ``peak.rss``, ``peak.pss`` in bytes)."""
+    """Samples :func:`tree_memory` of ``pid`` in a thread, keeping the peaks (``with PeakMemory(pid)
+    as peak: ...``; then ``peak.rss``, ``peak.pss`` in bytes): RSS every ``interval`` seconds, PSS
+    every ``pss_interval`` (its page-table walks take CPU from the measured run: at 0.2 s they cost
+    a tree of 6 GiB about a quarter of a core, more for the side with more memory).
 
-    def __init__(self, pid: int, interval: float = 0.2) -> None:
+    Args:
+        pid: Root of the process tree.
+        interval: Seconds between RSS samples.
+        pss_interval: Seconds between PSS samples (0: never).
+    """
+
+    def __init__(self, pid: int, interval: float = 0.2, pss_interval: float = 2.0) -> None:
         self.pid = pid
         self.interval = interval
+        self.pss_interval = pss_interval
         self.rss = 0
         self.pss: int | None = None
+        self._last_pss = -math.inf
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def sample(self) -> None:
-        rss, pss = tree_memory(self.pid)
+        now = time.monotonic()
+        want_pss = self.pss_interval > 0 and now - self._last_pss >= self.pss_interval
+        rss, pss = tree_memory(self.pid, pss=want_pss)
+        if want_pss:
+            self._last_pss = now
         self.rss = max(self.rss, rss)
         if pss is not None:
             self.pss = max(self.pss or 0, pss)
@@ -322,18 +338,27 @@ class PeakMemory:
         self._thread.join()
 
 
-def run_monitored(cmd: list[str], log: Path, env: dict[str, str], timeout: float | None) -> dict[str, Any]:
+def run_monitored(
+    cmd: list[str], log: Path, env: dict[str, str], timeout: float | None, pss_interval: float = 2.0
+) -> dict[str, Any]:
     """Run ``cmd`` with its output in ``log``; its exit status, wall time and tree memory peaks."""
-    start = time.perf_counter()
+    import resource
+
+    start, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
-        with PeakMemory(proc.pid) as peak:
+        with PeakMemory(proc.pid, pss_interval=pss_interval) as peak:
             try:
                 rc = proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 rc = proc.wait()
-    return {"rc": rc, "wall_s": time.perf_counter() - start, "peak_rss": peak.rss, "peak_pss": peak.pss}
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the run and the workers it waited for
+    return {
+        "rc": rc, "wall_s": time.perf_counter() - start, "peak_rss": peak.rss, "peak_pss": peak.pss,
+        "cpu_user_s": after.ru_utime - before.ru_utime, "cpu_sys_s": after.ru_stime - before.ru_stime,
+        "minor_faults": after.ru_minflt - before.ru_minflt,
+    }  # fmt: skip
 
 
 # -- the shared recipe ----------------------------------------------------------------------------
@@ -817,6 +842,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--lightly", default=LIGHTLY_REQUIREMENT, help="pip requirement of lightly")
     parser.add_argument("--timeout", type=float, help="seconds per training run")
+    parser.add_argument(
+        "--pss-interval", type=float, default=2.0,
+        help="seconds between PSS samples of the process tree (0: none; each costs CPU: see above)",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("runs/bench_vs_lightly"))
     parser.add_argument(
         "--quick", action="store_true",
@@ -877,7 +906,9 @@ def train_once(
         spec_file.write_text(json.dumps(lightly_spec(args, hp, files, run_dir)))
         cmd = [str(python), str(Path(__file__).resolve()), "--lightly-child", str(spec_file)]
     print(f"[{framework} {repeat}] {' '.join(cmd[:3])} ... (log: {run_dir / 'train.log'})", flush=True)
-    result = run_monitored(cmd, run_dir / "train.log", child_env(args.threads), args.timeout)
+    result = run_monitored(
+        cmd, run_dir / "train.log", child_env(args.threads), args.timeout, args.pss_interval
+    )
     if result["rc"] != 0 or not timer.is_file():
         tail = "\n".join((run_dir / "train.log").read_text().splitlines()[-25:])
         raise SystemExit(f"[{framework} {repeat}] failed (exit {result['rc']}):\n{tail}")
@@ -944,6 +975,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return results
 
 
+SUMMARY_KEYS = (
+    "images_per_s", "peak_rss", "peak_pss", "knn_top1", "wall_s", "cpu_user_s", "cpu_sys_s", "minor_faults",
+)  # fmt: skip
+
+
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Medians over the repeats of each side, and ours/lightly ratios when both ran."""
     out: dict[str, Any] = {}
@@ -954,7 +990,7 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
         out[framework] = {
             key: statistics.median(r[key] for r in mine if r[key] is not None)
             if any(r[key] is not None for r in mine) else None
-            for key in ("images_per_s", "peak_rss", "peak_pss", "knn_top1", "wall_s")
+            for key in SUMMARY_KEYS
         }  # fmt: skip
     if "ours" in out and "lightly" in out:
         out["ratio"] = {
@@ -980,7 +1016,6 @@ DIFFERENCES = {
         "0.8 s/0.2 s at s=0.5, grey 0.2, no blur)",
         "projection head: ours Linear-BN-ReLU-Linear with biases; lightly's SimCLRProjectionHead without "
         "biases and with an output BatchNorm",
-        "forward passes: ours one over both views (2B images), lightly one per view (B each)",
     ),
     "dino": (
         "augmentations: ours batched in the training process (tensor ops as for SimCLR); lightly's "
@@ -1030,6 +1065,9 @@ def print_report(results: dict[str, Any], args: argparse.Namespace) -> None:
         "peak_pss": ("peak PSS (tree)", _gib),
         "knn_top1": ("kNN top-1", lambda v: f"{v:.3f}"),
         "wall_s": ("process wall time", lambda v: f"{v:.0f} s"),
+        "cpu_user_s": ("CPU time, user (tree)", lambda v: f"{v:.0f} s"),
+        "cpu_sys_s": ("CPU time, kernel (tree)", lambda v: f"{v:.0f} s"),
+        "minor_faults": ("page faults (tree)", lambda v: f"{v / 1e6:.2f} M"),
     }
     for key, (label, fmt) in labels.items():
         cells = []

@@ -7,6 +7,7 @@ import importlib
 import sys
 
 from visiontransfer.errors import ConfigError
+from visiontransfer.runtime import keep_freed_memory
 
 COMMANDS = {
     "quickstart": "visiontransfer.commands.quickstart",
@@ -26,6 +27,7 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``visiontransfer`` console script."""
     args = list(sys.argv[1:] if argv is None else argv)
+    keep_freed_memory()  # before the first large allocation (VT_MALLOC=system: glibc's defaults)
     # LightningCLI reads sys.argv, and so do Lightning's DDP launchers, which start the other
     # ranks by re-running this command line: it must hold the arguments.
     sys.argv = [sys.argv[0], *args]

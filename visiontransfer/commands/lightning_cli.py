@@ -33,6 +33,7 @@ import visiontransfer  # noqa: F401 - sets NO_ALBUMENTATIONS_UPDATE before album
 from visiontransfer.callbacks import NonFiniteGuard, ResumeCheckpoint, RunSummary
 from visiontransfer.checkpoint_io import AtomicCheckpointIO, check_writable
 from visiontransfer.errors import ConfigError
+from visiontransfer.runtime import keep_freed_memory
 
 # Our subcommands build the CLI with args while sys.argv holds the whole command line (Lightning's
 # DDP launchers re-run it), which is what this warning is about.
@@ -59,10 +60,12 @@ class VisionTransferCLI(LightningCLI):
     :class:`~visiontransfer.callbacks.ResumeCheckpoint` (unless the config lists its own, or
     checkpointing is off) and atomic checkpoint writes; ``--ckpt_path last`` finds the newest
     ``last.ckpt`` of the experiment across its version folders; parse and constructor errors
-    become one line naming the key.
+    become one line naming the key; glibc's allocator keeps freed memory
+    (:func:`~visiontransfer.runtime.keep_freed_memory`, ``VT_MALLOC=system`` to leave it).
     """
 
     def __init__(self, args: list[str] | None = None, run: bool = True, save_config: bool = True) -> None:
+        keep_freed_memory()  # also when called from Python, not through the console script
         super().__init__(
             model_class=LightningModule,
             datamodule_class=LightningDataModule,

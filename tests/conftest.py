@@ -57,6 +57,23 @@ def raccoon_dir(shared_data: Path) -> Path:
     return _require(shared_data / "raccoon" / "images", "raccoon images")
 
 
+@pytest.fixture(scope="session")
+def camvid_tree(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small CamVid tree (8 train, 2 val, 3 test pairs, linked) with its ``classes.txt``."""
+    camvid = _require(shared_data / "camvid" / "images" / "train", "CamVid").parents[1]
+    root = tmp_path_factory.mktemp("camvid")
+    for split, count in (("train", 8), ("val", 2), ("test", 3)):
+        for image in sorted((camvid / "images" / split).glob("*.jpg"))[:count]:
+            for kind, source in (
+                ("images", image),
+                ("masks", camvid / "masks" / split / f"{image.stem}.png"),
+            ):
+                (root / kind / split).mkdir(parents=True, exist_ok=True)
+                os.symlink(source, root / kind / split / source.name)
+    os.symlink(camvid / "classes.txt", root / "classes.txt")
+    return root
+
+
 def _link_files(files: Iterable[Path], folder: Path) -> list[Path]:
     """Symbolically link ``files`` into ``folder`` (created), keeping their names."""
     folder.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,12 +23,15 @@ class MeanStd:
 
 
 def mean_std(values: Sequence[float]) -> MeanStd:
-    """:class:`MeanStd` of ``values``.
+    """:class:`MeanStd` of ``values``; a NaN or infinite value (the IoU of a class absent from
+    both truth and prediction) makes the mean and std NaN or infinite instead of an error.
 
     Raises:
         ValueError: ``values`` is empty.
     """
     if not values:
         raise ValueError("values is empty: nothing to summarise")
+    if not all(math.isfinite(v) for v in values):  # statistics.stdev fails on them
+        return MeanStd(math.fsum(values) / len(values), math.nan, len(values))
     std = statistics.stdev(values) if len(values) > 1 else 0.0
     return MeanStd(statistics.fmean(values), std, len(values))

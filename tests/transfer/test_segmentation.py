@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -235,24 +234,6 @@ def test_inference_model_is_plain_and_exports(tmp_path: Path) -> None:
 
 
 # -- CLI on real files: fit → test → predict, export, reload ---------------------------------------
-@pytest.fixture(scope="module")
-def camvid_tree(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    camvid = shared_data / "camvid"
-    if not (camvid / "images" / "train").is_dir():
-        pytest.skip(f"CamVid not found at {camvid.resolve()} (../shared/data/camvid)")
-    root = tmp_path_factory.mktemp("camvid")
-    for split, count in (("train", 8), ("val", 2), ("test", 3)):
-        for image in sorted((camvid / "images" / split).glob("*.jpg"))[:count]:
-            for kind, source in (
-                ("images", image),
-                ("masks", camvid / "masks" / split / f"{image.stem}.png"),
-            ):
-                (root / kind / split).mkdir(parents=True, exist_ok=True)
-                os.symlink(source, root / kind / split / source.name)
-    os.symlink(camvid / "classes.txt", root / "classes.txt")
-    return root
-
-
 def test_cli_fit_test_predict_export_on_camvid(
     camvid_tree: Path, rotation_checkpoint, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -24,7 +24,7 @@ class MeanStd:
 
 def mean_std(values: Sequence[float]) -> MeanStd:
     """:class:`MeanStd` of ``values``; a NaN or infinite value (the IoU of a class absent from
-    both truth and prediction) makes the mean and std NaN or infinite instead of an error.
+    both truth and prediction) makes the std NaN, and the mean NaN or infinite, instead of an error.
 
     Raises:
         ValueError: ``values`` is empty.
@@ -32,6 +32,6 @@ def mean_std(values: Sequence[float]) -> MeanStd:
     if not values:
         raise ValueError("values is empty: nothing to summarise")
     if not all(math.isfinite(v) for v in values):  # statistics.stdev fails on them
-        return MeanStd(math.fsum(values) / len(values), math.nan, len(values))
+        return MeanStd(sum(values) / len(values), math.nan, len(values))
     std = statistics.stdev(values) if len(values) > 1 else 0.0
     return MeanStd(statistics.fmean(values), std, len(values))
